@@ -1,0 +1,16 @@
+"""dawnet: build, train, measure and understand vision models; handwriting OCR is its home ground."""
+
+__version__ = "0.1.0"
+
+from dawnet.registry import create_model, list_models, register_model  # noqa: E402
+
+__all__ = ["__version__", "Agent", "create_model", "list_models", "register_model"]
+
+
+def __getattr__(name: str):
+    # Agent is imported lazily so `import dawnet` (and `dawnet --help`) stays fast.
+    if name == "Agent":
+        from dawnet.agent import Agent
+
+        return Agent
+    raise AttributeError(f"module 'dawnet' has no attribute {name!r}")

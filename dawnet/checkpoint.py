@@ -1,0 +1,147 @@
+"""Checkpoint files: atomic writes, ``weights_only`` loads, and errors that name the file and the fix.
+
+A dawnet checkpoint is one ``torch.save``d dict of tensors and plain Python data (see ``Agent.state_dict``),
+marked with ``format: "dawnet.checkpoint"``. Writing goes to a temporary file in the same folder, is flushed to
+disk, then renamed over the target, so a crash or kill while saving leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model_weights",
+    "strip_prefix",
+]
+
+FORMAT = "dawnet.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike | io.BytesIO, map_location=None) -> dict:
+    """Read a dawnet checkpoint with ``torch.load(weights_only=True)``; clear errors for bad files."""
+    name = getattr(path, "name", None) or str(path)
+    if isinstance(path, (str, os.PathLike)):
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"checkpoint {name} does not exist")
+        if p.is_dir():
+            raise CheckpointError(f"{name} is a folder, not a checkpoint file")
+        if p.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint {name} is empty (0 bytes): it was never written completely; "
+                                  "use an earlier checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {name} holds objects other than tensors and plain data, which dawnet refuses to "
+            f"unpickle (weights_only=True): {_first_line(e)}"
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        size = os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else "?"
+        raise CheckpointError(
+            f"checkpoint {name} ({size} bytes) is truncated or corrupt and cannot be read: {_first_line(e)}. "
+            "Use an earlier checkpoint; dawnet's own saves are atomic, so this file was written or copied "
+            "by something else"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{name} is not a dawnet checkpoint (no format marker). If it is a plain state dict, load it "
+            "with model.load_state_dict(torch.load(path, weights_only=True)) and build an Agent around "
+            "the model"
+        )
+    if state.get("version", 0) > VERSION:
+        raise CheckpointError(f"checkpoint {name} has format version {state['version']}, newer than this "
+                              f"dawnet reads ({VERSION}); upgrade dawnet")
+    return state
+
+
+def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
+    """Remove a wrapper's key prefix (``module.`` from DataParallel/DDP, ``_orig_mod.`` from compile)."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """Strictly load weights into ``model``, with one error listing every missing, extra or misshapen key."""
+    state_dict = strip_prefix(strip_prefix(state_dict, "module."), "_orig_mod.")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: {tuple(state_dict[k].shape)} in {source}, {tuple(own[k].shape)} in the model"
+        for k in own
+        if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != own[k].shape
+    ]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing from {source}: {_listing(missing)}")
+        if extra:
+            parts.append(f"not in the model: {_listing(extra)}")
+        if shapes:
+            parts.append(f"shape mismatch: {_listing(shapes)}")
+        raise CheckpointError(
+            f"the weights in {source} do not fit {type(model).__name__} (" + "; ".join(parts) + "). "
+            "Build the model with the same architecture and arguments as when it was saved"
+        )
+    model.load_state_dict(state_dict)
+
+
+def _listing(items: list[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -105,7 +105,7 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
     missing = [k for k in own if k not in state_dict]
     extra = [k for k in state_dict if k not in own]
     shapes = [
-        f"{k}: {tuple(state_dict[k].shape)} in {source}, {tuple(own[k].shape)} in the model"
+        f"{k} saved {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)}"
         for k in own
         if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != own[k].shape
     ]

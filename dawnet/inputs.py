@@ -110,5 +110,5 @@ def _from_array(a: np.ndarray) -> torch.Tensor:
         a = a[:, :, :3]
     if a.size == 0:
         raise ValueError(f"image is empty (shape {a.shape})")
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+    t = torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1)[None]  # PIL arrays are read-only
     return t.float() / 255.0 if a.dtype == np.uint8 else t.float()

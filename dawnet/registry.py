@@ -8,6 +8,7 @@ is imported only when the caller opts in (``trust_code=True``); dawnet's own mod
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 import importlib
@@ -48,6 +49,8 @@ def register_model(name: str | None = None) -> Callable:
 
         MLP(hidden=64)  # remembers {"name": "mlp", "kwargs": {"hidden": 64}}
     """
+    if name is not None:
+        _check_name(name)
 
     def decorate(obj: Callable) -> Callable:
         key = name or obj.__name__
@@ -117,7 +120,7 @@ def model_spec(model: nn.Module) -> dict | None:
     """The spec a registered constructor recorded on ``model`` (None for unregistered models)."""
     model = getattr(model, "module", model) if _is_wrapper(model) else model
     spec = model.__dict__.get(_SPEC_ATTR)
-    return None if spec is None else json.loads(json.dumps(spec))
+    return None if spec is None else copy.deepcopy(spec)
 
 
 def check_json_spec(spec: dict) -> None:

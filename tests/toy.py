@@ -26,6 +26,12 @@ class ToyCNN(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
+@dawnet.register_model("toy_mlp")
+def toy_mlp(hidden: int = 16) -> nn.Module:
+    """No BatchNorm or dropout: its DDP result must equal one process on the same global batches."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(144, hidden), nn.Tanh(), nn.Linear(hidden, 4))
+
+
 def quadrant_data(n: int = 96, seed: int = 0, size: int = 12) -> TensorDataset:
     """Images with one bright quadrant plus noise; the label is the quadrant (0-3)."""
     g = torch.Generator().manual_seed(seed)

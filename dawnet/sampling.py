@@ -1,15 +1,14 @@
 """Epoch loaders: the data order as a function of (seed, epoch), sharded per rank, resumable mid-epoch.
 
-``Agent.fit`` rebuilds the user's ``DataLoader`` for every epoch around :class:`EpochSampler`, whose order
-depends only on the agent's seed and the epoch number (like ``DistributedSampler.set_epoch``), and skips the
-batches already consumed when a run resumes inside an epoch. So the data order never depends on the global
-RNG, resuming is exact, and under DDP each rank gets its own shard.
+``Agent.fit`` rebuilds the user's ``DataLoader`` for every epoch around a ``DistributedSampler`` (keeping the
+loader's shuffle setting, seeded with the agent's seed, ``set_epoch`` called) in one process as under DDP, and
+skips the batches already consumed when a run resumes inside an epoch. So the data order never depends on the
+global RNG, resuming is exact, a checkpoint crosses between one process and DDP, and each rank gets its shard.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -24,41 +23,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-__all__ = ["EpochSampler", "SkipBatches", "epoch_loader", "eval_loader", "num_batches"]
-
-
-class EpochSampler(Sampler[int]):
-    """Indices of one epoch: a permutation seeded by ``(seed, epoch)`` when shuffling, sharded ``rank::world``.
-
-    With ``pad=True`` (training) every rank gets the same number of indices, repeating a few from the start
-    as ``DistributedSampler`` does; with ``pad=False`` (evaluation) each index is seen exactly once.
-    """
-
-    def __init__(self, size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                 pad: bool = True):
-        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, epoch
-        self.rank, self.world, self.pad = rank, world, pad
-
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
-        if self.world > 1 and self.pad and self.size % self.world:
-            extra = self.world - self.size % self.world
-            order += (order * math.ceil(extra / max(len(order), 1)))[:extra]
-        return order[self.rank :: self.world]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices())
-
-    def __len__(self) -> int:
-        if self.world == 1:
-            return self.size
-        if self.pad:
-            return math.ceil(self.size / self.world)
-        return len(range(self.rank, self.size, self.world))
+__all__ = ["SkipBatches", "epoch_sampler", "epoch_loader", "eval_loader", "num_batches"]
 
 
 class SkipBatches(Sampler[list[int]]):
@@ -86,7 +51,7 @@ def epoch_loader(data, epoch: int, seed: int, skip: int = 0, rank: int = 0, worl
     """The training data of ``epoch`` for this rank, without its first ``skip`` batches.
 
     A DataLoader over a map-style dataset with a default (random or sequential) sampler is rebuilt around
-    :class:`EpochSampler`, keeping its shuffle setting. A custom batch sampler is kept: its ``set_epoch`` is
+    a seeded ``DistributedSampler``, keeping its shuffle setting. A custom batch sampler is kept: its ``set_epoch`` is
     called when it has one, and under DDP it must shard the data itself. Other iterables are used as they
     are, and resuming consumes their first ``skip`` batches.
     """
@@ -119,8 +84,8 @@ def eval_loader(data, rank: int = 0, world: int = 1):
     if isinstance(data.dataset, IterableDataset) or data.batch_size is None:
         raise ValueError("under DDP, evaluation data must be a DataLoader over a map-style dataset with a batch "
                          "size, so dawnet can split it between ranks")
-    sampler = EpochSampler(len(data.dataset), shuffle=False, seed=0, epoch=0, rank=rank, world=world, pad=False)
-    return _rebuild(data, BatchSampler(sampler, data.batch_size, data.drop_last), 0)
+    shard = list(range(rank, len(data.dataset), world))  # no padding: each sample counts exactly once
+    return _rebuild(data, BatchSampler(shard, data.batch_size, data.drop_last), 0)
 
 
 def _batch_sampler(data: DataLoader, epoch: int, seed: int, rank: int, world: int):
@@ -129,9 +94,8 @@ def _batch_sampler(data: DataLoader, epoch: int, seed: int, rank: int, world: in
         isinstance(sampler, RandomSampler) and not sampler.replacement and sampler._num_samples is None
     )
     if data.batch_size is not None and default:
-        shuffle = isinstance(sampler, RandomSampler)
-        epoch_sampler = EpochSampler(len(data.dataset), shuffle, seed, epoch, rank, world)
-        return BatchSampler(epoch_sampler, data.batch_size, data.drop_last)
+        sampler = epoch_sampler(len(data.dataset), isinstance(sampler, RandomSampler), seed, epoch, rank, world)
+        return BatchSampler(sampler, data.batch_size, data.drop_last)
     for candidate in (data.batch_sampler, sampler):
         if hasattr(candidate, "set_epoch"):
             candidate.set_epoch(epoch)
@@ -142,6 +106,13 @@ def _batch_sampler(data: DataLoader, epoch: int, seed: int, rank: int, world: in
             "and let dawnet shard it"
         )
     return data.batch_sampler
+
+
+def epoch_sampler(size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1) -> DistributedSampler:
+    """This rank's indices of ``epoch``: a permutation seeded by ``seed + epoch``, padded to equal shards."""
+    sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    sampler.set_epoch(epoch)
+    return sampler
 
 
 def _rebuild(data: DataLoader, batch_sampler, generator_seed: int) -> DataLoader:

@@ -95,7 +95,8 @@ def test_data_parallel_checkpoint_has_no_module_prefix(tmp_path):
 
 def test_loading_into_a_different_model_lists_the_differences(tmp_path):
     _, path = trained(tmp_path)
-    with pytest.raises(CheckpointError, match=r"shape mismatch: features.0.weight saved \(8, 1, 3, 3\), model \(16, 1, 3, 3\)"):
+    expected = r"shape mismatch: features.0.weight saved \(8, 1, 3, 3\), model \(16, 1, 3, 3\)"
+    with pytest.raises(CheckpointError, match=expected):
         dawnet.Agent.load(path, model=ToyCNN(width=16))
     with pytest.raises(CheckpointError, match="missing from"):
         dawnet.Agent.load(path, model=nn.Sequential(ToyCNN(), nn.Linear(4, 2)))

@@ -1,0 +1,1 @@
+"""Diagnose models: statistics, probes, receptive fields, patches, sensitivity, figures, recordings."""

@@ -91,6 +91,8 @@ def build_model(spec: dict, *, trust_code: bool = False) -> nn.Module:
     names only when it is part of dawnet or when ``trust_code`` is True.
     """
     name, kwargs, module = spec["name"], dict(spec.get("kwargs", {})), spec.get("module")
+    if name not in _MODELS:
+        _import_builtin_models()  # dawnet's own presets (crnn, attn, yolo, ...) register on import
     if name not in _MODELS and module:
         if module == "dawnet" or module.startswith("dawnet."):
             importlib.import_module(module)

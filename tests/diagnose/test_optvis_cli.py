@@ -1,0 +1,204 @@
+"""``dawnet visualize``: a layer's channel, a class, a line a recognizer reads, and clear errors."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from test_optvis_inversion import CRNN, H, train_tiny_crnn  # tests/diagnose is on sys.path under pytest
+
+import dawnet
+from dawnet.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory):
+    import toy  # tests/toy.py: a registered classifier (conv, BatchNorm, dropout)
+
+    path = tmp_path_factory.mktemp("vis") / "toy.pt"
+    agent = toy.make_agent()
+    agent.learn(next(iter(toy.loader())))
+    agent.save(path)
+    return path
+
+
+@dawnet.register_model("optvis_test_crnn")
+class ReaderCRNN(CRNN):
+    """The tiny digit CRNN of test_optvis_inversion with the recognizer interface the OCR agents use."""
+
+    height, in_chans, num_classes, min_width, head_kind = H, 1, 11, 2, "ctc"
+
+    def log_probs(self, x):
+        return super().forward(x)
+
+    def forward(self, x, widths=None):
+        out = self.log_probs(x)
+        lengths = (
+            torch.full((x.shape[0],), out.shape[1], dtype=torch.long) if widths is None else (widths + 1) // 2
+        )
+        return out, lengths
+
+
+@pytest.fixture(scope="module")
+def recognizer_checkpoint(tmp_path_factory):
+    """A CTC agent around a CRNN trained to read digit strings, saved and loadable with Agent.load."""
+    from dawnet.ocr.agents import CTCAgent
+    from dawnet.ocr.charset import Charset
+
+    model = ReaderCRNN()
+    model.load_state_dict(train_tiny_crnn().state_dict())  # trained once per session, shared with inversion
+    agent = CTCAgent(
+        model, torch.optim.Adam(model.parameters(), 1e-3), charset=Charset("0123456789"), device="cpu"
+    )
+    path = tmp_path_factory.mktemp("vis") / "crnn.pt"
+    agent.save(path)
+    return path
+
+
+def test_channel_of_a_layer(toy_checkpoint, tmp_path, capsys):
+    out, fig = tmp_path / "ch.png", tmp_path / "fig.png"
+    code = main(
+        [
+            "visualize",
+            str(toy_checkpoint),
+            "--layer",
+            "features.4",
+            "--channel",
+            "3",
+            "--steps",
+            "24",
+            "--size",
+            "20",
+            "30",
+            "--out",
+            str(out),
+            "--figure",
+            str(fig),
+            "--json",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["objective"] == "channel('features.4', 3)" and res["size"] == [20, 30] and res["channels"] == 1
+    assert res["final"] > res["start"]
+    with Image.open(out) as im:
+        assert im.size == (30, 20) and im.mode == "L"  # exactly the size asked for, grey like the model
+    assert fig.exists()
+
+
+def test_unit_class_and_layer_listing(toy_checkpoint, tmp_path, capsys):
+    assert main(["visualize", str(toy_checkpoint), "--list-layers"]) == 0
+    assert "features.4\tConv2d" in capsys.readouterr().out
+    out = tmp_path / "u.png"
+    assert (
+        main(
+            [
+                "visualize",
+                str(toy_checkpoint),
+                "--layer",
+                "features.0",
+                "--channel",
+                "1",
+                "--neuron",
+                "5",
+                "5",
+                "--steps",
+                "8",
+                "--size",
+                "16",
+                "--batch",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "objective: neuron('features.0', 1, 5, 5)" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == (32, 16)  # the batch side by side
+    assert (
+        main(
+            [
+                "visualize",
+                str(toy_checkpoint),
+                "--class",
+                "2",
+                "--steps",
+                "8",
+                "--size",
+                "16",
+                "--out",
+                str(out),
+                "--quiet",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["objective"] == "class_logit(2)"
+
+
+@pytest.mark.slow
+def test_read_makes_a_recognizer_read_the_text(recognizer_checkpoint, tmp_path, capsys):
+    out = tmp_path / "line.png"
+    code = main(
+        [
+            "visualize",
+            str(recognizer_checkpoint),
+            "--read",
+            "372",
+            "--steps",
+            "400",
+            "--out",
+            str(out),
+            "--json",
+            "--quiet",
+        ]
+    )
+    res = json.loads(capsys.readouterr().out)
+    assert code == 0 and res["satisfied"] and res["read"] == ["372"], res
+    with Image.open(out) as im:
+        assert im.size[1] == H  # the recognizer's line height
+    # the written PNG itself reads "372" with the checkpoint
+    assert main(["read", str(recognizer_checkpoint), str(out)]) == 0
+    assert capsys.readouterr().out.strip() == "372"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--out", "x.png"], "exactly one of"),
+        (["--layer", "nope", "--channel", "0", "--out", "x.png"], "no layer named 'nope'"),
+        (
+            ["--layer", "features.4", "--channel", "99", "--steps", "2", "--size", "8", "--out", "x.png"],
+            "channel 99",
+        ),
+        (["--layer", "features.4"], "--out is required"),
+        (["--read", "abc", "--out", "x.png"], "recognizer"),
+    ],
+)
+def test_errors_are_clear(toy_checkpoint, tmp_path, capsys, argv, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["visualize", str(toy_checkpoint), *argv, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_read_rejects_unknown_characters(recognizer_checkpoint, tmp_path, capsys):
+    assert (
+        main(["visualize", str(recognizer_checkpoint), "--read", "xyz", "--out", str(tmp_path / "x.png")])
+        == 2
+    )
+    assert "xyz" in capsys.readouterr().err
+    assert main(["visualize", "missing.pt", "--layer", "a", "--out", "x.png"]) == 2

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Install the OS packages dawnet needs (handwriting fonts and English text for the synthetic OCR data)
-# with apt-get where it is available; elsewhere, say what to install. Does nothing when all are present.
+# Install the OS packages dawnet needs (handwriting fonts and English text for the synthetic OCR data; chromium
+# for the inspector's browser test) with apt-get where it is available; elsewhere, say what to install.
+# Does nothing when all are present.
 set -u
 packages="fonts-dkg-handwriting fonts-breip fonts-femkeklaver fonts-sjfonts fonts-kristi fonts-dancingscript
-fonts-kaushanscript fonts-rufscript fonts-ecolier-court fonts-comic-neue fonts-humor-sans fortunes fortunes-min"
+fonts-kaushanscript fonts-rufscript fonts-ecolier-court fonts-comic-neue fonts-humor-sans fortunes fortunes-min
+chromium"
 if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
   echo "dawnet set-up: apt-get is not available here. Install these Debian/Ubuntu packages' fonts another way"
   echo "  ($packages)"
-  echo "or point dawnet at a folder of handwriting .ttf/.otf fonts with --fonts DIR / DAWNET_FONTS=DIR."
+  echo "or point dawnet at a folder of handwriting .ttf/.otf fonts with --fonts DIR; the inspector's browser"
+  echo "test needs a chromium at /usr/bin/chromium and is skipped without one."
   exit 0
 fi
 missing=""

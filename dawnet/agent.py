@@ -19,12 +19,14 @@ so gradient synchronization is never skipped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 import math
 import random
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -424,7 +426,7 @@ class Agent:
                 "epoch_totals": {k: list(v) for k, v in self._epoch_totals.items()},
             },
             "rng": _rng_state(),
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks() if hasattr(cb, "state_dict")},
         }
 
     def load_state_dict(self, state: dict, *, restore_rng: bool = True) -> None:
@@ -443,8 +445,8 @@ class Agent:
         self.batch_in_epoch, self.samples = progress["batch_in_epoch"], progress["samples"]
         self.elapsed = progress["elapsed"]
         self._epoch_totals = {k: list(v) for k, v in progress.get("epoch_totals", {}).items()}
-        for cb in self.callbacks:
-            saved = state.get("callbacks", {}).get(type(cb).__name__)
+        for key, cb in self._keyed_callbacks():
+            saved = state.get("callbacks", {}).get(key)
             if saved is not None and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(saved)
         if restore_rng:
@@ -551,6 +553,16 @@ class Agent:
 
     def _done(self, epochs: int | None, steps: int | None) -> bool:
         return (epochs is not None and self.epoch >= epochs) or (steps is not None and self.step >= steps)
+
+    def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
+        """Callbacks keyed for checkpoints: their ``name`` attribute, else class name and rank among that class."""
+        seen: dict[str, int] = {}
+        out = []
+        for cb in self.callbacks:
+            base = getattr(cb, "name", None) or type(cb).__name__
+            seen[base] = seen.get(base, -1) + 1
+            out.append((base if seen[base] == 0 else f"{base}#{seen[base]}", cb))
+        return out
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -743,9 +755,26 @@ def _build_schedule(saved: dict | None, optimizer, trust_code: bool, path):
     schedule = cls.__new__(cls)
     schedule.__dict__.update(state)
     schedule.optimizer = optimizer
+    _track_optimizer_steps(optimizer)
     if hasattr(schedule, "_post_load"):
         schedule._post_load()
     return schedule
+
+
+def _track_optimizer_steps(optimizer) -> None:
+    """Wrap ``optimizer.step`` as ``LRScheduler.__init__`` does, so torch's step-order check sees the real order."""
+    if hasattr(optimizer.step, "_wrapped_by_lr_sched"):
+        return
+    func, ref = optimizer.step.__func__, weakref.ref(optimizer)
+
+    @functools.wraps(func)
+    def step(*args, **kwargs):
+        opt = ref()
+        opt._opt_called = True
+        return func.__get__(opt, opt.__class__)(*args, **kwargs)
+
+    step._wrapped_by_lr_sched = True
+    optimizer.step = step
 
 
 def _loss_spec(loss) -> dict | None:

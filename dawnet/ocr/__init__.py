@@ -1,0 +1,1 @@
+"""Handwriting OCR: charset, data, recognizers, language model, decoding, metrics, benchmark protocol."""

@@ -1,0 +1,208 @@
+"""The records every reader returns, the error they raise, and atomic file writes."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+__all__ = ["FormatError", "LineRecord", "LineSet", "PageRecord", "Problems", "atomic_write_bytes",
+           "atomic_write_text", "save_image", "check_on_error"]
+
+
+class FormatError(ValueError):
+    """A malformed input file; the message names the file (and line or element) and the fix."""
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+class Problems:
+    """Collects malformed entries: raises at once (``on_error="raise"``) or counts them (``"skip"``)."""
+
+    def __init__(self, on_error: str = "raise"):
+        check_on_error(on_error)
+        self.on_error = on_error
+        self.skipped: list[tuple[str, str]] = []  # (where, why)
+
+    def __call__(self, where: str, why: str) -> None:
+        if self.on_error == "raise":
+            raise FormatError(f"{where}: {why} (pass on_error='skip' to skip such entries and count them)")
+        self.skipped.append((where, why))
+
+
+_LMDB_ENVS: dict[tuple[str, int], object] = {}  # read-only environments per (LMDB path, process id)
+
+
+def lmdb_env(path: str):
+    """The read-only environment of ``path`` for this process (lmdb allows one per process; a forked
+    DataLoader worker must not reuse its parent's)."""
+    key = (os.path.abspath(path), os.getpid())
+    env = _LMDB_ENVS.get(key)
+    if env is None:
+        import lmdb
+
+        env = _LMDB_ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+    return env
+
+
+def close_lmdb_env(path: str) -> None:
+    env = _LMDB_ENVS.pop((os.path.abspath(path), os.getpid()), None)
+    if env is not None:
+        env.close()
+
+
+def _lmdb_get(path: str, key: str) -> bytes:
+    with lmdb_env(path).begin() as txn:
+        data = txn.get(key.encode())
+    if data is None:
+        raise FormatError(f"{path}: key {key} is missing from the LMDB")
+    return data
+
+
+@dataclass
+class LineRecord:
+    """One text line: its transcription and where its pixels are.
+
+    ``path`` is the line image, or the page image when ``box``/``polygon`` say where the line is
+    (PAGE XML, ALTO, IAM forms); ``lmdb_key`` points into an LMDB at ``path``. ``source`` names the
+    file and line/element the record came from, for error messages.
+    """
+
+    text: str
+    path: str
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the page image
+    polygon: list[tuple[float, float]] | None = None
+    baseline: list[tuple[float, float]] | None = None
+    lmdb_key: str | None = None
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def load(self) -> Image.Image:
+        """The line image in grayscale (``L``); a page-level line is cropped, outside its polygon set to white."""
+        try:
+            if self.lmdb_key is not None:
+                im = Image.open(io.BytesIO(_lmdb_get(self.path, self.lmdb_key)))
+            else:
+                im = Image.open(self.path)
+            im.load()
+        except FileNotFoundError:
+            raise FormatError(f"{self.source or self.path}: image not found: {self.path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            where = f"{self.path}[{self.lmdb_key}]" if self.lmdb_key else self.path
+            raise FormatError(f"{self.source or where}: unreadable image {where}: {e}") from None
+        im = im.convert("L")
+        if self.polygon is not None:
+            xs, ys = [p[0] for p in self.polygon], [p[1] for p in self.polygon]
+            box = (int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1)
+        else:
+            box = self.box
+        if box is not None:
+            x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], im.width), min(box[3], im.height)
+            if x1 <= x0 or y1 <= y0:
+                raise FormatError(f"{self.source}: line region {box} lies outside the {im.size} page image")
+            crop = im.crop((x0, y0, x1, y1))
+            if self.polygon is not None:
+                mask = Image.new("L", crop.size, 0)
+                ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in self.polygon], fill=255)
+                white = Image.new("L", crop.size, 255)
+                crop = Image.composite(crop, white, mask)
+            im = crop
+        return im
+
+
+@dataclass
+class LineSet:
+    """Records read from a source plus what was skipped (``(where, why)``), so nothing is dropped silently."""
+
+    records: list[LineRecord]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+    def __iter__(self):
+        return iter(self.records)
+
+    @property
+    def texts(self) -> list[str]:
+        return [r.text for r in self.records]
+
+    def summary(self) -> str:
+        reasons = Counter(why.split(":")[0] for _, why in self.skipped)
+        skipped = ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none"
+        return f"{len(self.records)} lines from {self.source}; skipped: {skipped}"
+
+
+@dataclass
+class PageRecord:
+    """A page image and its text-line boxes (``x0, y0, x1, y1`` pixels), classes and transcriptions."""
+
+    path: str
+    width: int
+    height: int
+    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)
+    source: str = ""
+
+    def load(self) -> Image.Image:
+        try:
+            im = Image.open(self.path)
+            im.load()
+        except FileNotFoundError:
+            raise FormatError(f"{self.source or self.path}: image not found: {self.path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise FormatError(f"{self.source or self.path}: unreadable image {self.path}: {e}") from None
+        return im.convert("L")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> bytes:
+    """Save as PNG (fixed compression, so bytes are reproducible), atomically; returns the bytes written."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=6)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return data
+
+
+def open_header(path: str) -> str | None:
+    """None if ``path`` opens as an image (header only, cheap), else the reason it does not."""
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - reading the header is the check
+        return None
+    except FileNotFoundError:
+        return "image not found"
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        return f"unreadable image: {e}"

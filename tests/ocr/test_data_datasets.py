@@ -1,0 +1,107 @@
+"""Datasets: fixed height, aspect kept, ink-bright tensors, collate with lengths, width bucketing."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dawnet.ocr.charset import Charset, UnknownCharacterError
+from dawnet.ocr.data.datasets import (
+    LineAugment,
+    LineDataset,
+    PageDataset,
+    WidthBucketSampler,
+    collate_lines,
+    collate_pages,
+    padding_fraction,
+)
+from dawnet.ocr.data.formats import PageRecord, write_tsv
+
+TEXTS = ["a", "hello there", "hi", "a long line of text here", "mid size", "xy"]
+
+
+@pytest.fixture()
+def tsv(tmp_path):
+    samples = []
+    for t in TEXTS:
+        a = np.full((40, 20 + 12 * len(t)), 220, np.uint8)
+        a[10:30, 4:8 + 10 * len(t)] = 30
+        samples.append((Image.fromarray(a), t))
+    return write_tsv(samples, tmp_path)
+
+
+def test_items_have_fixed_height_kept_aspect_and_bright_ink(tsv):
+    ds = LineDataset(tsv, height=32)
+    assert len(ds) == len(TEXTS)
+    it = ds[3]
+    x = it["image"]
+    assert x.shape[:2] == (1, 32) and x.dtype == torch.float32
+    assert x.shape[-1] == round((20 + 12 * len(TEXTS[3])) * 32 / 40) == it["width"]
+    assert x.min() >= 0 and x.max() <= 1
+    assert abs(x[0, 0, 0].item() - (1 - 220 / 255)) < 1e-3  # paper is dark
+    assert x[0, 16, 10].item() > 0.8  # ink is bright
+    assert ds.widths() == [ds[i]["width"] for i in range(len(ds))]
+
+
+def test_collate_pads_with_background_and_encodes_targets(tsv):
+    cs = Charset.from_texts(TEXTS)
+    ds = LineDataset(tsv, height=32, charset=cs)
+    batch = collate_lines([ds[0], ds[3], ds[5]])
+    w = batch["widths"].tolist()
+    assert batch["images"].shape == (3, 1, 32, max(w))
+    assert batch["images"][0, :, :, w[0]:].abs().sum() == 0 and batch["mask"][0].sum() == w[0]
+    assert batch["texts"] == ["a", TEXTS[3], "xy"]
+    assert batch["target_lengths"].tolist() == [1, len(TEXTS[3]), 2]
+    assert batch["targets"].tolist() == cs.encode("a") + cs.encode(TEXTS[3]) + cs.encode("xy")
+    assert collate_lines([ds[0]], pad_to_multiple=16)["images"].shape[-1] % 16 == 0
+
+
+def test_unknown_characters_fail_at_construction(tsv):
+    with pytest.raises(UnknownCharacterError, match="'y'"):
+        LineDataset(tsv, charset=Charset("a helotr"))
+
+
+def test_width_bucketing_covers_all_and_wastes_less_padding():
+    rng = np.random.default_rng(0)
+    widths = rng.integers(20, 600, size=1000).tolist()
+    smp = WidthBucketSampler(widths, batch_size=16, seed=1)
+    batches = smp.batches()
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert len(batches) == len(smp) == 63
+    naive = [list(range(i, min(i + 16, 1000))) for i in range(0, 1000, 16)]
+    assert padding_fraction(widths, batches) < 0.5 * padding_fraction(widths, naive)
+    assert smp.batches() == batches  # same epoch, same batches
+    smp.set_epoch(1)
+    assert smp.batches() != batches
+    assert all(len(b) == 16 for b in WidthBucketSampler(widths, 16, drop_last=True).batches())
+
+
+def test_dataloader_with_bucket_sampler(tsv):
+    ds = LineDataset(tsv, height=24, charset=Charset.from_texts(TEXTS))
+    dl = DataLoader(ds, batch_sampler=WidthBucketSampler(ds.widths(), 2), collate_fn=collate_lines)
+    seen = [t for b in dl for t in b["texts"]]
+    assert sorted(seen) == sorted(TEXTS)
+
+
+def test_augmentation_is_seeded_and_changes_the_image(tsv):
+    ds = LineDataset(tsv, height=32, augment=LineAugment(p=1.0), seed=5)
+    plain = LineDataset(tsv, height=32)
+    a, b = ds[3]["image"], ds[3]["image"]
+    assert torch.equal(a, b)
+    assert a.shape != plain[3]["image"].shape or not torch.equal(a, plain[3]["image"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[3]["image"], a)
+
+
+def test_page_dataset_letterboxes_boxes(tmp_path):
+    path = tmp_path / "p.png"
+    Image.new("L", (400, 200), 255).save(path)
+    page = PageRecord(path=str(path), width=400, height=200, boxes=[(100, 50, 300, 100)], texts=["t"], classes=[0])
+    it = PageDataset([page], size=200)[0]
+    assert it["image"].shape == (1, 200, 200) and it["scale"] == 0.5 and it["offset"] == (0, 50)
+    assert it["boxes"].tolist() == [[50.0, 75.0, 150.0, 100.0]]
+    batch = collate_pages([it, it])
+    assert batch["images"].shape == (2, 1, 200, 200) and batch["texts"] == [["t"], ["t"]]
+    orig = (batch["boxes"][0] - batch["offsets"][0].repeat(2)) / batch["scales"][0]
+    assert orig.tolist() == [[100.0, 50.0, 300.0, 100.0]]

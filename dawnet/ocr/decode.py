@@ -1,0 +1,247 @@
+"""Decoding recognizer outputs into character ids: CTC greedy and prefix beam search, attention
+greedy and beam search, both beam searches with character-LM shallow fusion.
+
+Shallow fusion scores a hypothesis y as ``log p_model(y | x) + lm_weight * log p_lm(y) + bonus * |y|``
+(Gulcehre et al. 2015; the insertion bonus offsets the LM's preference for short outputs). The LM
+also scores the line end. CTC greedy is vectorized over the batch; the beam searches run per line
+in Python/numpy (measured in lines/s by ``benchmarks/recognizer_speed.py``).
+
+Ids follow :class:`dawnet.ocr.charset.Charset`: CTC blank 0; attention pad 0, end n+1, start n+2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from dawnet.ocr.lm import EOS, UNK, CharNgramLM
+
+__all__ = ["ctc_greedy", "ctc_beam_search", "ctc_prefix_beam_search", "attention_greedy",
+           "attention_beam_search", "lm_index"]
+
+NEG_INF = -math.inf
+
+
+def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor | None = None, blank: int = 0) -> list[list[int]]:
+    """Best-path decoding: argmax per step, merge repeats, drop blanks; (N, T, C) -> ids per line."""
+    if log_probs.dim() != 3:
+        raise ValueError(f"expected (N, T, C) CTC outputs, got shape {tuple(log_probs.shape)}")
+    best = log_probs.detach().argmax(-1)  # (N, T)
+    n, t = best.shape
+    prev = torch.cat([torch.full((n, 1), -1, dtype=best.dtype, device=best.device), best[:, :-1]], 1)
+    keep = (best != prev) & (best != blank)
+    if lengths is not None:
+        keep &= torch.arange(t, device=best.device)[None, :] < torch.as_tensor(lengths, device=best.device)[:, None]
+    counts = keep.sum(1).tolist()
+    flat = best[keep].tolist()
+    out, i = [], 0
+    for c in counts:
+        out.append(flat[i:i + c])
+        i += c
+    return out
+
+
+def lm_index(lm: CharNgramLM, charset, end_id: int | None = None) -> np.ndarray:
+    """For each class id, the index of its symbol in ``lm.symbols`` (specials -> UNK, end -> EOS)."""
+    size = (end_id + 2) if end_id is not None else len(charset) + 1
+    table = np.full(size, lm.index[UNK], dtype=np.int64)
+    for i, ch in enumerate(charset.chars, start=1):
+        table[i] = lm.index.get(ch, lm.index[UNK])
+    if end_id is not None:
+        table[end_id] = lm.index[EOS]
+    return table
+
+
+def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, lm: CharNgramLM | None = None, charset=None,
+                           lm_weight: float = 0.0, bonus: float = 0.0, blank: int = 0,
+                           prune: float | None = 1e-4) -> list[int]:
+    """CTC prefix beam search for one line (Hannun et al. 2014) over (T, C) log-probabilities.
+
+    Args:
+        beam: hypotheses kept per step.
+        lm, charset: a character LM and the charset mapping ids to its characters (both or neither).
+        lm_weight: weight of the LM log-probability; bonus: score added per emitted character.
+        prune: per step, only characters with probability >= ``prune`` extend prefixes (the best one
+            always does); None extends every character (exact, slow).
+    """
+    lp = np.asarray(log_probs, dtype=np.float64)
+    if lp.ndim != 2:
+        raise ValueError(f"expected (T, C) log-probabilities for one line, got shape {lp.shape}")
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    use_lm = lm is not None and lm_weight != 0.0
+    if use_lm and charset is None:
+        raise ValueError("LM fusion needs the charset that maps class ids to characters")
+    table = lm_index(lm, charset).tolist() if use_lm else None
+    chars = charset.chars if use_lm else None
+    eos = lm.index[EOS] if use_lm else None
+    # prefix -> [log p ending in blank, log p ending in non-blank]; fused LM + bonus score and text per prefix
+    beams: dict[tuple, list[float]] = {(): [0.0, NEG_INF]}
+    lm_score: dict[tuple, float] = {(): 0.0}
+    texts: dict[tuple, str] = {(): ""}
+    log_prune = math.log(prune) if prune else NEG_INF
+    num_classes = lp.shape[1]
+    if prune:
+        # per step: the `beam` most probable characters that reach the threshold (the best always does)
+        k = min(beam, num_classes - 1)
+        top = np.argpartition(-lp, k, axis=1)[:, :k + 1] if k + 1 < num_classes else np.tile(
+            np.arange(num_classes), (lp.shape[0], 1))
+    rows = lp.tolist()
+    for t in range(lp.shape[0]):
+        row = rows[t]
+        if prune:
+            best = int(top[t][np.argmax(lp[t, top[t]])])
+            cands = [c for c in top[t].tolist() if c != blank and (row[c] >= log_prune or c == best)]
+        else:
+            cands = [c for c in range(num_classes) if c != blank]
+        nxt: dict[tuple, list[float]] = {}
+        p_blank = row[blank]
+        for prefix, (pb, pnb) in beams.items():
+            total = _logaddexp(pb, pnb)
+            entry = nxt.get(prefix)
+            if entry is None:
+                entry = nxt[prefix] = [NEG_INF, NEG_INF]
+            entry[0] = _logaddexp(entry[0], total + p_blank)
+            last = prefix[-1] if prefix else None
+            if last is not None:
+                entry[1] = _logaddexp(entry[1], pnb + row[last])
+            if use_lm and cands:
+                dist = lm.log_distribution(texts[prefix])
+            for c in cands:
+                new = prefix + (c,)
+                e = nxt.get(new)
+                if e is None:
+                    e = nxt[new] = [NEG_INF, NEG_INF]
+                e[1] = _logaddexp(e[1], (pb if c == last else total) + row[c])
+                if new not in lm_score:
+                    lm_score[new] = lm_score[prefix] + (lm_weight * float(dist[table[c]]) if use_lm else 0.0) + bonus
+                    if use_lm:
+                        texts[new] = texts[prefix] + chars[c - 1]
+        if len(nxt) > beam:
+            scored = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + lm_score[kv[0]], reverse=True)
+            beams = dict(scored[:beam])
+        else:
+            beams = nxt
+
+    def final(kv):
+        prefix, (pb, pnb) = kv
+        s = _logaddexp(pb, pnb) + lm_score[prefix]
+        if use_lm:
+            s += lm_weight * float(lm.log_distribution(texts[prefix])[eos])
+        return s
+
+    return list(max(beams.items(), key=final)[0])
+
+
+def _logaddexp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) for Python floats (several times faster than numpy on scalars)."""
+    if a < b:
+        a, b = b, a
+    if b == NEG_INF:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+def ctc_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor | None = None, beam: int = 10,
+                    lm: CharNgramLM | None = None, charset=None, lm_weight: float = 0.0, bonus: float = 0.0,
+                    blank: int = 0, prune: float | None = 1e-4) -> list[list[int]]:
+    """:func:`ctc_prefix_beam_search` for each line of (N, T, C) log-probs with valid lengths (N,)."""
+    lp = log_probs.detach().float().cpu().numpy()
+    lens = [lp.shape[1]] * lp.shape[0] if lengths is None else torch.as_tensor(lengths).tolist()
+    return [ctc_prefix_beam_search(lp[i, :lens[i]], beam, lm, charset, lm_weight, bonus, blank, prune)
+            for i in range(lp.shape[0])]
+
+
+def attention_greedy(logits: torch.Tensor, lengths: torch.Tensor | None = None, end_id: int | None = None
+                     ) -> list[list[int]]:
+    """Ids of an attention model's greedy output (N, S, C), up to (not including) the end id."""
+    best = logits.detach().argmax(-1).tolist()
+    out = []
+    for i, row in enumerate(best):
+        if lengths is not None:
+            row = row[:int(lengths[i])]
+        if end_id is not None and end_id in row:
+            row = row[:row.index(end_id)]
+        out.append(row)
+    return out
+
+
+@torch.no_grad()
+def attention_beam_search(decoder, memory: torch.Tensor, lengths: torch.Tensor, beam: int = 5,
+                          lm: CharNgramLM | None = None, charset=None, lm_weight: float = 0.0,
+                          bonus: float = 0.0, max_length: int | None = None) -> list[list[int]]:
+    """Beam search over an :class:`~dawnet.ocr.models.blocks.AttentionDecoder` for each line.
+
+    ``memory`` (N, T, D) and ``lengths`` (N,) come from ``model.forward_features``. Each line's beam is
+    run as one batch through ``decoder.step``. At beam 1 with ``lm_weight`` 0 and ``bonus`` 0 this is
+    exactly greedy decoding.
+    """
+    from dawnet.ocr.models.blocks import default_max_length
+
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    use_lm = lm is not None and lm_weight != 0.0
+    if use_lm and charset is None:
+        raise ValueError("LM fusion needs the charset that maps class ids to characters")
+    end = decoder.end_id
+    table = torch.as_tensor(lm_index(lm, charset, end)) if use_lm else None
+    num_char = decoder.num_classes
+    results = []
+    for i in range(memory.shape[0]):
+        t = int(lengths[i])
+        mem = memory[i:i + 1, :t]
+        limit = default_max_length(t) if max_length is None else min(default_max_length(t), max_length)
+        state, keys, mask = decoder.init_state(mem, lengths[i:i + 1])
+        hyps: list[list[int]] = [[]]
+        scores = torch.zeros(1, dtype=torch.float64)
+        texts = [""]
+        prev = torch.full((1,), decoder.start_id, dtype=torch.long, device=memory.device)
+        finished: list[tuple[float, list[int]]] = []
+        for _ in range(limit):
+            b = len(hyps)
+            logits, state = decoder.step(prev, state, mem.expand(b, -1, -1), keys.expand(b, -1, -1),
+                                         mask.expand(b, -1))
+            step = torch.log_softmax(decoder.mask_specials(logits), -1).double().cpu()  # (B, C)
+            if use_lm:
+                lm_lp = torch.from_numpy(np.stack([lm.log_distribution(s) for s in texts]))[:, table]
+                lm_lp[:, :1] = 0.0  # pad is -inf already; keep it from turning into nan
+                step = step + lm_weight * lm_lp
+            if bonus:
+                step[:, :end] += bonus
+                step[:, end + 1:] += bonus
+            total = (scores[:, None] + step).view(-1)
+            k = min(beam, int(torch.isfinite(total).sum()))
+            top = torch.topk(total, k)
+            new_hyps, new_scores, new_texts, rows, toks = [], [], [], [], []
+            for s, flat in zip(top.values.tolist(), top.indices.tolist()):
+                r, c = divmod(flat, num_char)
+                if c == end:
+                    finished.append((s, hyps[r]))
+                    continue
+                new_hyps.append(hyps[r] + [c])
+                new_scores.append(s)
+                new_texts.append(texts[r] + (charset.chars[c - 1] if use_lm else ""))
+                rows.append(r)
+                toks.append(c)
+            best_alive = max(new_scores) if new_scores else NEG_INF
+            if len(finished) >= beam and max(f[0] for f in finished) >= best_alive and bonus <= 0:
+                break
+            if not new_hyps:
+                break
+            idx = torch.tensor(rows, device=memory.device)
+            state = tuple(s[idx] for s in state)
+            hyps, texts = new_hyps, new_texts
+            scores = torch.tensor(new_scores, dtype=torch.float64)
+            prev = torch.tensor(toks, dtype=torch.long, device=memory.device)
+        if not finished:  # nothing ended within the length limit: take the best partial line
+            finished = [(float(scores[j]), h) for j, h in enumerate(hyps)]
+        results.append(max(finished, key=lambda f: f[0])[1])
+    return results
+
+
+def ids_to_texts(ids: Sequence[Sequence[int]], charset) -> list[str]:
+    """Texts of decoded id lists."""
+    return [charset.decode(x) for x in ids]

@@ -1,0 +1,157 @@
+"""Decoding: CTC greedy (vectorized) and prefix beam search, attention greedy/beam, LM shallow fusion."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import dawnet.ocr.models  # noqa: F401  (registers the presets)
+from dawnet.ocr import decode as D
+from dawnet.ocr.charset import Charset
+from dawnet.ocr.lm import CharNgramLM
+from dawnet.registry import create_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: small models on a shared CPU run several times faster than with OpenMP spinning."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _greedy_reference(best, length, blank=0):
+    out, prev = [], None
+    for c in best[:length]:
+        if c != prev and c != blank:
+            out.append(c)
+        prev = c
+    return out
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    # frames: a a _ a b b _ _ b  -> a a b b
+    frames = [1, 1, 0, 1, 2, 2, 0, 0, 2]
+    lp = torch.full((1, len(frames), 3), -10.0)
+    lp[0, torch.arange(len(frames)), torch.tensor(frames)] = 0.0
+    assert D.ctc_greedy(lp) == [[1, 1, 2, 2]]
+    assert D.ctc_greedy(lp, torch.tensor([4])) == [[1, 1]]  # padded steps are ignored
+
+
+def test_ctc_greedy_matches_a_loop_on_random_batches():
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(6, 17, 5, generator=g).log_softmax(-1)
+    lengths = torch.tensor([17, 1, 5, 16, 9, 2])
+    got = D.ctc_greedy(lp, lengths)
+    best = lp.argmax(-1).tolist()
+    assert got == [_greedy_reference(best[i], int(lengths[i])) for i in range(6)]
+
+
+def _label_probabilities(probs):
+    """Sum of path probabilities per collapsed labeling, by enumerating every path (tiny T, C only)."""
+    t, c = probs.shape
+    totals = {}
+    for path in itertools.product(range(c), repeat=t):
+        label = tuple(_greedy_reference(path, t))
+        totals[label] = totals.get(label, 0.0) + float(np.prod([probs[i, k] for i, k in enumerate(path)]))
+    return totals
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prefix_beam_search_finds_the_most_probable_labeling(seed):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(3) * 0.7, size=5)  # T=5, C=3 (blank + 2 characters)
+    totals = _label_probabilities(probs)
+    best = max(totals.values())
+    got = tuple(D.ctc_prefix_beam_search(np.log(probs), beam=64, prune=None))
+    assert totals[got] == pytest.approx(best, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_beam_1_without_lm_equals_greedy_on_peaky_outputs(seed):
+    # When each frame's best class holds most of the mass (what a trained model emits), keeping one
+    # prefix is best-path decoding.
+    rng = np.random.default_rng(seed)
+    t, c = 40, 7
+    best = rng.integers(0, c, size=t)
+    logits = rng.normal(size=(t, c))
+    logits[np.arange(t), best] += 6.0
+    lp = torch.from_numpy(logits).log_softmax(-1)[None]
+    assert D.ctc_beam_search(lp, beam=1, lm_weight=0.0) == D.ctc_greedy(lp)
+
+
+def test_lm_fusion_resolves_an_ambiguous_frame():
+    # "ca?" where the last frame is a 50/50 between 'r' and 't' (t slightly ahead); an LM trained on
+    # "car" flips it to 'r'; without the LM (or weight 0) the model's choice stands.
+    cs = Charset("acrt")
+    a, c, r, t = (cs.index(ch) for ch in "acrt")
+    frames = np.full((5, cs.num_ctc_classes), 1e-4)
+    frames[0, c] = frames[1, 0] = frames[2, a] = frames[3, 0] = 1.0
+    frames[4, t], frames[4, r] = 0.52, 0.48
+    lp = np.log(frames / frames.sum(1, keepdims=True))
+    lm = CharNgramLM.train(["car", "car", "a car", "cr"], order=3, vocab=cs.chars)
+    assert cs.decode(D.ctc_prefix_beam_search(lp, beam=5)) == "cat"
+    assert cs.decode(D.ctc_prefix_beam_search(lp, beam=5, lm=lm, charset=cs, lm_weight=0.0)) == "cat"
+    assert cs.decode(D.ctc_prefix_beam_search(lp, beam=5, lm=lm, charset=cs, lm_weight=1.0)) == "car"
+
+
+def test_insertion_bonus_favours_longer_outputs():
+    cs = Charset("ab")
+    # frame 2 is 60% blank, 40% 'b': without a bonus the best labeling is "a", with a large one "ab"
+    probs = np.array([[0.01, 0.98, 0.01], [0.6, 0.0001, 0.3999]])
+    lp = np.log(probs / probs.sum(1, keepdims=True))
+    assert cs.decode(D.ctc_prefix_beam_search(lp, beam=4)) == "a"
+    assert cs.decode(D.ctc_prefix_beam_search(lp, beam=4, bonus=2.0)) == "ab"
+
+
+def test_lm_fusion_needs_the_charset():
+    lm = CharNgramLM.train(["ab"], order=2)
+    with pytest.raises(ValueError, match="charset"):
+        D.ctc_prefix_beam_search(np.zeros((3, 3)), beam=2, lm=lm, lm_weight=0.5)
+    with pytest.raises(ValueError, match="beam"):
+        D.ctc_prefix_beam_search(np.zeros((3, 3)), beam=0)
+
+
+@torch.no_grad()
+def test_attention_beam_1_equals_greedy():
+    torch.manual_seed(0)
+    cs = Charset("abcdef ")
+    model = create_model("attn_small", num_classes=cs.num_attn_classes).eval()
+    x, widths = torch.rand(3, 1, 32, 72), torch.tensor([72, 40, 61])
+    logits, lengths = model(x, widths)
+    greedy = D.attention_greedy(logits, lengths, cs.end)
+    feats, flens = model.forward_features(x, widths)
+    beam1 = D.attention_beam_search(model.head, feats, flens, beam=1)
+    assert beam1 == greedy
+    # a wider beam returns a hypothesis at least as probable (under the model) as greedy's, here
+    beam4 = D.attention_beam_search(model.head, feats, flens, beam=4)
+    assert all(isinstance(h, list) for h in beam4) and len(beam4) == 3
+
+
+@torch.no_grad()
+def test_attention_beam_with_lm_weight_zero_ignores_the_lm():
+    torch.manual_seed(1)
+    cs = Charset("abc")
+    model = create_model("attn_small", num_classes=cs.num_attn_classes).eval()
+    x, widths = torch.rand(2, 1, 32, 48), torch.tensor([48, 33])
+    feats, flens = model.forward_features(x, widths)
+    lm = CharNgramLM.train(["abc", "cab"], order=3, vocab=cs.chars)
+    plain = D.attention_beam_search(model.head, feats, flens, beam=3)
+    fused0 = D.attention_beam_search(model.head, feats, flens, beam=3, lm=lm, charset=cs, lm_weight=0.0)
+    assert plain == fused0
+    fused = D.attention_beam_search(model.head, feats, flens, beam=3, lm=lm, charset=cs, lm_weight=2.0)
+    assert all(0 < i <= len(cs) for h in fused for i in h)  # only characters: no pad/start/end inside
+
+
+def test_attention_greedy_stops_at_end():
+    logits = torch.full((2, 5, 6), -5.0)
+    # classes: 0 pad, 1..3 chars, 4 end, 5 start
+    for i, tok in enumerate([1, 2, 4, 3, 3]):
+        logits[0, i, tok] = 0.0
+    for i, tok in enumerate([3, 3, 3, 3, 3]):
+        logits[1, i, tok] = 0.0
+    assert D.attention_greedy(logits, None, end_id=4) == [[1, 2], [3, 3, 3, 3, 3]]
+    assert math.isfinite(float(logits.sum()))

@@ -183,6 +183,16 @@ def param_counts(model: nn.Module) -> dict[str, int]:
             "buffers": sum(b.numel() for b in model.buffers())}
 
 
+@contextlib.contextmanager
+def _outside_inference_mode():
+    """Run under no_grad instead of inference_mode: kernels of inference tensors skip the counting mode."""
+    if not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 def count(model: nn.Module, *inputs, backward: bool = False, elementwise: bool = False,
           device: str | None = None, handles: Mapping[str, Handle | None] | None = None,
           warn_unknown: bool = True, **kwargs) -> CostReport:
@@ -224,7 +234,7 @@ def count(model: nn.Module, *inputs, backward: bool = False, elementwise: bool =
     tracker = _ModuleTracker(target, backward)
     mode = _CountingMode(tracker, handles)
     try:
-        with preserve_state(model), mode:
+        with preserve_state(model), _outside_inference_mode(), mode:
             with torch.enable_grad() if backward else contextlib.nullcontext():
                 output = target(*inputs, **kwargs)
             if backward:

@@ -237,3 +237,14 @@ def test_format_count(n, text):
 def test_rejects_non_modules():
     with pytest.raises(TypeError, match="nn.Module"):
         count(lambda x: x, torch.randn(2))
+
+
+def test_inference_mode_counts_the_same_as_no_grad():
+    """Under torch.inference_mode the aten kernels bypass Python dispatch modes; count must still see them."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        expected = count(model, x).macs
+    with torch.inference_mode():
+        assert count(model, torch.randn(2, 1, 8, 8)).macs == expected
+    assert expected == 2 * (4 * 1 * 9 * 36 + 144 * 3)  # conv: N*Cout*Cin*k*k*Hout*Wout; linear: N*in*out

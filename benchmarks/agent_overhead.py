@@ -70,8 +70,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60, help="Optimizer steps per timed run (default 60).")
     parser.add_argument("--batch-size", type=int, default=32, help="Batch size (default 32).")
     parser.add_argument("--rounds", type=int, default=7, help="Interleaved rounds; medians are compared (default 7).")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object.")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dataset = data(args.batch_size * 25)
     hand_loop(dataset, 5, args.batch_size)  # warm-up: allocator, kernels, thread pool
     agent_loop(dataset, 5, args.batch_size, False)

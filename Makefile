@@ -1,6 +1,6 @@
 # The two commands in the README do all the set-up on a fresh machine:
 #   make test   create .venv if missing, install dawnet with its test extras, run the whole test suite
-#   make bench  create .venv if missing, install dawnet, run the main job
+#   make bench  create .venv if missing, install dawnet, run the main job: the OCR benchmark (profile cpu)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ test: os-packages $(VENV)/.installed-test
 	$(PY) -m pytest
 
 bench: os-packages $(VENV)/.installed-bench
-	$(PY) benchmarks/agent_overhead.py
+	$(VENV)/bin/dawnet bench
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

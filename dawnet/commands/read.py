@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                     "stderr and the others are still read; the exit status is then 1.",
     )
     p.add_argument("checkpoint", help="A checkpoint written by 'dawnet train' (crnn, attn, ...).")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="Line images.")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="Line images (pages with --detector).")
     p.add_argument("--lm", default=None, help="Character LM for shallow fusion (default: none).")
     p.add_argument("--beam", type=int, default=None, help="Beam width (default: 1 = greedy; 10 with --lm).")
     p.add_argument("--lm-weight", type=float, default=0.5, help="LM weight (default: 0.5; used with --lm).")
@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="Print one JSON object per image: image, text or error.")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is "
                                                              "often faster on a busy or small machine).")
+    from dawnet.ocr.page import add_page_arguments
+
+    add_page_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -36,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from dawnet.ocr.agents import LineImageError
 
     set_threads(args.threads)
+    if args.detector:
+        from dawnet.ocr.page import run_page_command
+
+        return run_page_command(args)
+    if not args.images:
+        raise CommandError("give line IMAGEs after CHECKPOINT (or --detector DET.pt for whole pages)")
     agent = load_recognizer(args.checkpoint)
     configure_decoder(agent, args.lm, args.beam, args.lm_weight, args.bonus)
     failed = 0

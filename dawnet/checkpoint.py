@@ -68,6 +68,11 @@ def load_checkpoint(path: str | os.PathLike | io.BytesIO, map_location=None) -> 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if isinstance(path, (str, os.PathLike)) and not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{name} is not a readable torch checkpoint (not a zip archive: corrupt, truncated, or another kind "
+                "of file). Use a checkpoint written by Agent.save"
+            ) from None
         raise CheckpointError(
             f"checkpoint {name} holds objects other than tensors and plain data, which dawnet refuses to "
             f"unpickle (weights_only=True): {_first_line(e)}"

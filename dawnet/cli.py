@@ -13,6 +13,7 @@ import sys
 
 import dawnet
 import dawnet.commands
+from dawnet.checkpoint import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (dawnet.commands.CommandError, FileNotFoundError, ValueError, LookupError, TypeError) as e:
+    except (dawnet.commands.CommandError, CheckpointError, FileNotFoundError, ValueError, LookupError,
+            TypeError) as e:
         # Errors dawnet raises name the problem and the fix: show them without a traceback.
         print(f"dawnet: error: {e}", file=sys.stderr)
         return 2

@@ -40,3 +40,12 @@ def test_env_json(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "dawnet.cli", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("dawnet ")
+
+
+def test_a_corrupt_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("garbage")
+    assert main(["history", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dawnet: error: ") and "bad.pt is not a readable torch checkpoint" in err
+    assert "Traceback" not in err

@@ -86,6 +86,17 @@ def _grid(n: int, ncols: int | None, aspect: float, width: float = 12.0) -> tupl
     return nrows, ncols, (width, max(1.5, nrows * cell_w * aspect + 0.6))
 
 
+def _panels(n: int, ncols: int, cell: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n`` panels in rows of ``ncols`` (unused cells hidden); returns it and the n axes."""
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(cell[0] * ncols, cell[1] * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes[:n]
+
+
 def feature_maps(acts: Any, channels: Sequence[int] | None = None, *, layout: str | None = None,
                  shared_scale: bool = True, colorbar: bool = True, ncols: int | None = None,
                  cmap: str = "viridis", title: str | None = None, max_maps: int = 64, width: float = 12.0) -> Figure:
@@ -227,11 +238,7 @@ def biases(model_or_layer: nn.Module, *, layers: Sequence[str] | None = None, nc
         items = [(n, b) for n, b in items if n in layers or n.split(".l")[0] in layers]
     if not items:
         raise ValueError("no layer with a bias to draw (layers with bias=False have none)")
-    n = len(items)
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(4 * ncols, 2.4 * nrows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    fig, axes = _panels(len(items), ncols, (4, 2.4))
     for ax, (name, b) in zip(axes, items):
         v = _np(b).ravel()
         ax.vlines(np.arange(len(v)), 0, v, colors=np.where(v >= 0, "tab:blue", "tab:red"),
@@ -239,8 +246,6 @@ def biases(model_or_layer: nn.Module, *, layers: Sequence[str] | None = None, nc
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(f"{name} ({len(v)})", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes[n:]:
-        ax.axis("off")
     fig.suptitle("biases per channel", fontsize=10)
     return fig
 
@@ -249,11 +254,7 @@ def activation_histograms(acts: Mapping[str, Any], *, bins: int = 60, ncols: int
     """One histogram per layer, with the fraction of exact zeros (dead ReLU units) in the title."""
     if not acts:
         raise ValueError("no activations to draw: pass {layer name: tensor}")
-    n = len(acts)
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(4 * ncols, 2.6 * nrows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    fig, axes = _panels(len(acts), ncols, (4, 2.6))
     for ax, (name, t) in zip(axes, acts.items()):
         v = _np(t).ravel()
         ax.hist(v, bins=bins, color="tab:green")
@@ -262,8 +263,6 @@ def activation_histograms(acts: Mapping[str, Any], *, bins: int = 60, ncols: int
         zeros = float((v == 0).mean()) if v.size else 0.0
         ax.set_title(f"{name}: mean {v.mean():.3g}, std {v.std():.3g}, zeros {zeros:.0%}", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes[n:]:
-        ax.axis("off")
     return fig
 
 

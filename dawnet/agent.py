@@ -210,8 +210,7 @@ class Agent:
                 loss = self._loss(outputs, targets)
             value = float(loss.detach())
             if not math.isfinite(value):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._micro, self._window = 0, [0.0, 0, 0]
+                self.discard_window()
                 raise NonFiniteLossError(
                     f"the loss is {value} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
                     "training stopped and the weights were not updated. Lower the learning rate, clip gradients "
@@ -233,6 +232,11 @@ class Agent:
         if final:
             stats.update(self._optimizer_step())
         return stats
+
+    def discard_window(self) -> None:
+        """Drop the gradients and loss of an unfinished accumulation window (e.g. after an interrupted step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self._micro, self._window = 0, [0.0, 0, 0]
 
     def _optimizer_step(self) -> dict:
         stats: dict = {"stepped": True}

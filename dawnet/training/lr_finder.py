@@ -402,8 +402,7 @@ class _Snapshot:
         self.grads = [None if p.grad is None else p.grad.detach().clone() for p in agent.model.parameters()]
 
     def restore(self, agent) -> None:
-        agent.optimizer.zero_grad(set_to_none=True)
-        agent._micro, agent._window = 0, [0.0, 0, 0]
+        agent.discard_window()
         agent.schedule = self.schedule
         agent.callbacks = self.callbacks
         agent.load_state_dict(self.state)

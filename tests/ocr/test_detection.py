@@ -224,6 +224,29 @@ def test_perfect_outputs_have_low_loss_and_decode_to_the_ground_truth():
     assert (iou.max(1).values > 0.99).all()
 
 
+def test_iou_aware_objectness_targets_each_points_box_iou():
+    """With iou_aware the positives' objectness target is their own box's IoU with the line, not 1."""
+    gt = torch.tensor([[20.0, 30.0, 300.0, 52.0]])
+    out = perfect_outputs(gt)
+    g = torch.Generator().manual_seed(0)
+    out[:, 1:] += 0.5 * torch.randn(out[:, 1:].shape, generator=g)  # boxes of uneven quality
+    out[:, 0] = torch.randn(out[:, 0].shape, generator=g)
+    _, binary = detection_loss(out, [gt])
+    _, aware = detection_loss(out, [gt], iou_aware=True)
+    # the reference: BCE against IoU targets, built from the public pieces
+    n, _, h, w = out.shape
+    points = grid_points(h, w, 8)
+    flat = out.permute(0, 2, 3, 1).reshape(n, h * w, 5)
+    boxes = decode_ltrb(points[None], torch.exp(flat[..., 1:]) * 8)
+    positive, targets = assign_targets(points, [gt], 8)
+    target = torch.zeros(n, h * w)
+    target[positive] = torch.diagonal(box_iou(boxes[positive], targets[positive]))
+    assert 0 < float(target[positive].min()) < float(target[positive].max()) < 1
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(flat[..., 0], target, reduction="sum")
+    assert aware["obj"] == pytest.approx(float(ref) / int(positive.sum()), rel=1e-5)
+    assert aware["box"] == binary["box"] and aware["obj"] != binary["obj"]
+
+
 def test_loss_has_gradients_for_every_parameter_and_handles_empty_pages():
     m = yolo()
     x = torch.rand(2, 1, 128, 128)

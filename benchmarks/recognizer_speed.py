@@ -3,7 +3,7 @@ and decoding lines/s (CTC greedy vs prefix beam search with and without the char
 
 Everything is measured side by side in one run, on this machine, with the thread count stated::
 
-    .venv/bin/python benchmarks/recognizer_speed.py                  # crnn, crnn_small, attn
+    .venv/bin/python benchmarks/recognizer_speed.py                  # crnn, crnn_small, crnn_medium, attn
     .venv/bin/python benchmarks/recognizer_speed.py --models crnn --threads 1 --json
 
 Target (issue 6): CRNN inference at batch 1 <= 10 ms per 32x256 line on a CPU (model + greedy decoding).
@@ -125,8 +125,8 @@ def bench_decoding(lines: int, beam: int) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["crnn", "crnn_small", "attn"],
-                   help="Presets to measure (default: crnn crnn_small attn).")
+    p.add_argument("--models", nargs="+", default=["crnn", "crnn_small", "crnn_medium", "attn"],
+                   help="Presets to measure (default: crnn crnn_small crnn_medium attn).")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice).")
     p.add_argument("--repeats", type=int, default=50, help="Timed batch-1 calls per model (default: 50).")
     p.add_argument("--train-steps", type=int, default=5, help="Timed training steps per model (default: 5).")

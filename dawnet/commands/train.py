@@ -26,8 +26,8 @@ def register(subparsers) -> None:
                     "OUT/summary.json; running again with the same OUT resumes. MODEL 'charlm' trains the "
                     "character n-gram LM on the LM text (never on test lines) and writes OUT/lm.json.gz.",
     )
-    p.add_argument("model", help="A recognizer preset (crnn, crnn_small, crnn_large, crnn_resnet, attn, attn_small, "
-                                 "attn_luong, recognizer) or 'charlm'.")
+    p.add_argument("model", help="A recognizer preset (crnn, crnn_small, crnn_medium, crnn_large, crnn_resnet, attn, "
+                                 "attn_resnet, attn_small, attn_luong, recognizer) or 'charlm'.")
     p.add_argument("--data", required=True, metavar="SPEC_OR_DIR", help="Data spec name or data folder/file.")
     g = p.add_argument_group("length of training (totals: a resumed run continues to them)")
     g.add_argument("--epochs", type=int, default=None, help="Train until this many epochs (default: 10 unless "

@@ -303,16 +303,20 @@ class AttentionAgent(_RecognizerAgent):
     Args (beyond :class:`dawnet.Agent`'s):
         charset, decoder: as for :class:`CTCAgent`.
         label_smoothing (0.0): cross-entropy label smoothing.
+        ctc_weight (0.3): weight of the encoder's CTC loss when the model has one (``aux_ctc=True``):
+            ``loss = (1 - w) * cross-entropy + w * CTC``, both per character (Kim et al. 2017).
     """
 
     expected_classes = "num_attn_classes"
 
-    def __init__(self, *args, label_smoothing: float = 0.0, **kwargs):
+    def __init__(self, *args, label_smoothing: float = 0.0, ctc_weight: float = 0.3, **kwargs):
         super().__init__(*args, **kwargs)
-        self.label_smoothing = label_smoothing
+        if not 0.0 <= ctc_weight < 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1), got {ctc_weight}")
+        self.label_smoothing, self.ctc_weight = label_smoothing, float(ctc_weight)
 
     def config(self) -> dict:
-        return {**super().config(), "label_smoothing": self.label_smoothing}
+        return {**super().config(), "label_smoothing": self.label_smoothing, "ctc_weight": self.ctc_weight}
 
     def unpack(self, batch):
         images, widths, texts = self._split(batch)
@@ -328,13 +332,20 @@ class AttentionAgent(_RecognizerAgent):
         return (images, widths, dec_in.to(images.device)), LineTargets(texts, dec_out.to(images.device))
 
     def compute_loss(self, outputs, targets) -> torch.Tensor:
-        logits, _ = outputs
-        ids = targets.ids
+        logits, ids = outputs[0], targets.ids
         if logits.shape[1] != ids.shape[1]:
             raise ValueError(f"decoder produced {logits.shape[1]} steps for {ids.shape[1]} targets: the model must "
                              "be called with the teacher-forcing inputs unpack() builds")
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1),
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1),
                                ignore_index=self.charset.pad, label_smoothing=self.label_smoothing)
+        if len(outputs) > 2 and self.ctc_weight > 0:  # joint CTC-attention: the encoder's CTC head
+            log_probs, lengths = outputs[2]
+            flat, target_lengths = self.charset.encode_batch(_texts(targets))
+            ctc = F.ctc_loss(log_probs.transpose(0, 1).float(), flat.to(log_probs.device), lengths,
+                             target_lengths.to(log_probs.device), blank=self.charset.blank, reduction="mean",
+                             zero_infinity=True)  # mean: per character, the scale of the cross-entropy
+            loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc
+        return loss
 
     @torch.no_grad()
     def decode(self, outputs, inputs=None) -> list[str]:
@@ -342,7 +353,7 @@ class AttentionAgent(_RecognizerAgent):
         are decoded freely from the encoder (greedy, or beam + LM per the decoder settings)."""
         d = self.decoder
         greedy = d.beam == 1 and (self.lm is None or d.lm_weight == 0) and d.bonus == 0
-        logits, lengths = outputs
+        logits, lengths = outputs[:2]  # a third output (the encoder's CTC) is for the loss only
         free_run = inputs is None or inputs[2]
         if greedy and free_run:
             return [self.charset.decode(i) for i in D.attention_greedy(logits, lengths, self.charset.end)]

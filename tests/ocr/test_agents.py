@@ -110,6 +110,29 @@ def test_attention_unpack_builds_teacher_forcing_inputs(lines):
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
+def test_joint_ctc_attention_loss_mixes_both_per_character(lines):
+    """aux_ctc: loss = (1 - w) cross-entropy + w CTC (mean per character); w = 0 is the decoder alone."""
+    import torch.nn.functional as F
+
+    cs = Charset.from_texts(TEXTS)
+    torch.manual_seed(0)
+    model = create_model("attn_small", num_classes=cs.num_attn_classes, aux_ctc=True)
+    opt = torch.optim.Adam(model.parameters())
+    plain = AttentionAgent(model, opt, charset=cs, device="cpu", ctc_weight=0.0)
+    joint = AttentionAgent(model, opt, charset=cs, device="cpu", ctc_weight=0.4)
+    inputs, targets = plain.unpack(_batch(lines[:3], TEXTS[:3]))
+    out = model(*inputs)
+    ce = F.cross_entropy(out[0].reshape(-1, out[0].shape[-1]), targets.ids.reshape(-1), ignore_index=cs.pad)
+    flat, lens = cs.encode_batch(TEXTS[:3])
+    ctc = F.ctc_loss(out[2][0].transpose(0, 1), flat, out[2][1], lens, blank=cs.blank, zero_infinity=True)
+    assert float(plain.compute_loss(out, targets)) == pytest.approx(float(ce))
+    assert float(joint.compute_loss(out, targets)) == pytest.approx(float(0.6 * ce + 0.4 * ctc))
+    assert joint.config()["ctc_weight"] == 0.4
+    assert plain.decode(out, (inputs[0], inputs[1], False))  # the third output never reaches decoding
+    with pytest.raises(ValueError, match="ctc_weight"):
+        AttentionAgent(model, opt, charset=cs, device="cpu", ctc_weight=1.0)
+
+
 def test_charset_must_fit_the_model():
     cs = Charset("abc")
     model = create_model("crnn_small", num_classes=10)

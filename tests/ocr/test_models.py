@@ -63,7 +63,9 @@ def test_forward_shapes_lengths_and_no_nan(name):
 def test_odd_widths(name, width):
     model = create_model(name).eval()
     out, lengths = model(torch.rand(1, 1, model.height, width))
-    assert out.shape[1] == lengths.item() == max(width // 4, 1)
+    # two 2x2 max pools floor the width twice; a stride-2 stem conv (padding 1) rounds up instead
+    first = (width + 1) // 2 if getattr(model.backbone, "stem_stride", 1) == 2 else width // 2
+    assert out.shape[1] == lengths.item() == max(first // 2, 1) == model.out_lengths(torch.tensor([width])).item()
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -92,8 +94,10 @@ def test_every_parameter_gets_a_gradient(name):
         out, _ = model(x, widths)
     else:
         targets = torch.tensor([[8, 1, 2, 3], [8, 4, 5, 0]])  # start (= num_classes - 1), characters, pad
-        out, lengths = model(x, widths, targets)
+        out, lengths, *aux = model(x, widths, targets)
         assert out.shape[:2] == targets.shape and lengths.tolist() == [4, 3]
+        if aux:  # joint CTC-attention: the encoder's CTC output joins the loss
+            out = torch.cat([out.flatten(), aux[0][0].flatten()])
     out.square().mean().backward()  # square: a log_softmax output summed would give zero gradients
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing}"
@@ -130,12 +134,42 @@ def test_sequence_model_none_and_luong_attention():
 def test_feature_info_and_classifier_reset():
     model = create_model("crnn")
     info = model.feature_info
-    assert [f["num_chs"] for f in info] == [32, 64, 128, 256, 256]
+    assert [f["num_chs"] for f in info] == [16, 32, 64, 128, 128]
     modules = dict(model.named_modules())
     assert all(f"backbone.{f['module']}" in modules for f in info)
     assert info[-1]["reduction"] == (16, 4)  # 32 px -> 2 rows; width / 4
     model.reset_classifier(40)
     assert model.get_classifier().fc.out_features == 40 and model.num_classes == 40
+
+
+@torch.no_grad()
+def test_strided_stem_matches_the_pooled_stack_in_shape():
+    """stem_stride=2 replaces the first max pool: same feature shapes, a conv less at full resolution."""
+    pooled = create_model("recognizer", width=8, hidden=16).eval()
+    strided = create_model("recognizer", width=8, hidden=16, stem_stride=2).eval()
+    assert len(strided.backbone.layers) == len(pooled.backbone.layers) - 1
+    assert [f["reduction"] for f in strided.feature_info] == [f["reduction"] for f in pooled.feature_info]
+    x = torch.rand(2, 1, 32, 64)
+    a, b = pooled.forward_features(x)[0], strided.forward_features(x)[0]
+    assert a.shape == b.shape
+    with pytest.raises(ValueError, match="stem_stride"):
+        create_model("recognizer", backbone="resnet", stem_stride=2)
+    with pytest.raises(ValueError, match=r"depths\[0\] == 1"):
+        create_model("recognizer", stem_stride=2, depths=(2, 1, 2, 2, 1))
+    with pytest.raises(ValueError, match="1 or 2"):
+        create_model("recognizer", stem_stride=3)
+
+
+def test_aux_ctc_output_only_while_teacher_forcing():
+    model = create_model("attn", num_classes=9).train()
+    x, widths = _inputs(model, (64, 41))
+    targets = torch.tensor([[8, 1, 2, 3], [8, 4, 5, 0]])
+    logits, lengths, (ctc, ctc_lengths) = model(x, widths, targets)
+    assert ctc.shape[-1] == 9 - 2  # blank + the characters (no end/start)
+    assert ctc_lengths.tolist() == model.out_lengths(widths).tolist() and ctc.shape[1] == int(ctc_lengths.max())
+    assert len(model.eval()(x, widths)) == 2  # free decoding: the usual (logits, lengths)
+    with pytest.raises(ValueError, match="aux_ctc"):
+        create_model("crnn", aux_ctc=True)
 
 
 def test_bad_inputs_get_clear_errors():

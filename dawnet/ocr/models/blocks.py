@@ -210,24 +210,38 @@ class VGGBackbone(_Backbone):
         depths ((1, 1, 2, 2, 1)): convs per stage.
         pools (("2x2", "2x2", "2x1", "2x1", "-")): pool after each stage; the time axis is 1/4 of the width.
         norm_layer ("batch"), act_layer ("relu"): layer names or classes.
+        stem_stride (1): 2 makes the first conv stride 2x2 in place of the first 2x2 max pool: the same
+            output shape with a quarter of the full-resolution work (faster training and CPU inference).
     """
 
     def __init__(self, in_chans: int = 1, height: int = 32, width: int = 64, depths=(1, 1, 2, 2, 1),
                  pools=("2x2", "2x2", "2x1", "2x1", "-"), norm_layer="batch", act_layer="relu",
-                 multipliers=(1, 2, 4, 8, 8)):
+                 multipliers=(1, 2, 4, 8, 8), stem_stride: int = 1):
         super().__init__()
         if len(depths) != len(pools) or len(depths) > len(multipliers):
             raise ValueError(f"depths {tuple(depths)} and pools {tuple(pools)} need one entry per stage "
                              f"(at most {len(multipliers)} stages)")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
+        if stem_stride == 2 and (depths[0] != 1 or pools[0] != "2x2"):
+            raise ValueError("stem_stride=2 replaces the first stage's 2x2 pool: it needs depths[0] == 1 and "
+                             f"pools[0] == '2x2', got depths {tuple(depths)}, pools {tuple(pools)}")
         _check_height(height)
-        self.in_height = height
+        self.in_height, self.stem_stride = height, stem_stride
         pools = _height_pools(height, pools)
         layers, chs, self.feature_info, h, red = [], in_chans, [], height, 1
         for i, (d, m) in enumerate(zip(depths, multipliers)):
             out = width * m
             for _ in range(d):
-                layers.append(ConvNormAct(chs, out, 3, norm_layer=norm_layer, act_layer=act_layer))
+                stride = stem_stride if not layers else 1
+                layers.append(ConvNormAct(chs, out, 3, stride, norm_layer=norm_layer, act_layer=act_layer))
                 chs = out
+            if stem_stride == 2 and i == 0:  # the strided stem already halved height and width
+                h //= 2
+                red *= 2
+                self.feature_info.append({"num_chs": chs, "reduction": (height // h, red),
+                                          "module": f"layers.{len(layers) - 1}"})
+                continue
             pool = _pool(pools[i])
             if pool is not None:
                 layers.append(pool)

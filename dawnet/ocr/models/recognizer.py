@@ -33,18 +33,20 @@ from dawnet.ocr.models.blocks import (
 )
 from dawnet.registry import register_model
 
-__all__ = ["Recognizer", "crnn", "crnn_small", "crnn_large", "crnn_resnet", "attn", "attn_small",
-           "attn_luong", "model_cfgs"]
+__all__ = ["Recognizer", "crnn", "crnn_small", "crnn_medium", "crnn_large", "crnn_resnet", "attn", "attn_resnet",
+           "attn_small", "attn_luong", "model_cfgs"]
 
 # Benchmark metadata beside each preset (STYLE habit 11): what the benchmark and CLI read instead of flags.
 _BASE_CFG = {"height": 32, "in_chans": 1, "normalize": "ink=1, paper=0 (inverted grayscale in [0, 1])",
              "weights": None, "license": "MIT", "origin": "dawnet"}
 model_cfgs: dict[str, dict] = {
-    "crnn": {**_BASE_CFG, "head": "ctc", "paper": "Shi et al. 2017 (CRNN), slimmed for CPU latency"},
+    "crnn": {**_BASE_CFG, "head": "ctc", "paper": "Shi et al. 2017 (CRNN), quarter width, strided stem: CPUs"},
     "crnn_small": {**_BASE_CFG, "head": "ctc", "paper": "CRNN, quarter width: tests and digit strings"},
+    "crnn_medium": {**_BASE_CFG, "head": "ctc", "paper": "Shi et al. 2017 (CRNN), half width"},
     "crnn_large": {**_BASE_CFG, "head": "ctc", "paper": "Shi et al. 2017 (CRNN), original widths"},
     "crnn_resnet": {**_BASE_CFG, "head": "ctc", "paper": "ResNet-BiLSTM-CTC (Baek et al. 2019)"},
-    "attn": {**_BASE_CFG, "head": "attn", "paper": "ResNet-BiLSTM-Attn (Baek et al. 2019), slimmed"},
+    "attn": {**_BASE_CFG, "head": "attn", "paper": "VGG-BiLSTM-Attn + joint CTC (Kim et al. 2017): CPUs"},
+    "attn_resnet": {**_BASE_CFG, "head": "attn", "paper": "ResNet-BiLSTM-Attn (Baek et al. 2019), slimmed"},
     "attn_small": {**_BASE_CFG, "head": "attn", "paper": "VGG-BiLSTM-Attn, quarter width"},
     "attn_luong": {**_BASE_CFG, "head": "attn", "paper": "VGG-BiLSTM-Attn with Luong attention"},
 }
@@ -71,13 +73,18 @@ class Recognizer(nn.Module):
         attention ("bahdanau"): "bahdanau" or "luong" (attention head only).
         dec_hidden (256): attention decoder LSTM size.
         max_length (None: encoder steps + 1): longest greedy attention output.
+        stem_stride (1): 2 strides the first VGG conv instead of max-pooling after it (see VGGBackbone).
+        aux_ctc (False): attention head only: a CTC head on the encoder trained beside the decoder
+            (joint CTC-attention, Kim et al. 2017): the CTC loss forces monotonic, well-placed
+            encoder features, so the attention decoder converges in far fewer steps. Training with
+            teacher forcing then returns a third output, ``(ctc_log_probs (N, T, C-2), lengths)``.
     """
 
     def __init__(self, num_classes: int = 96, in_chans: int = 1, height: int = 32, backbone: str = "vgg",
                  width: int = 64, depths=None, pools=None, norm_layer="batch", act_layer="relu",
                  seq: str = "bilstm", hidden: int = 256, seq_layers: int = 2, dropout: float = 0.0,
                  head: str = "ctc", attention: str = "bahdanau", dec_hidden: int = 256,
-                 max_length: int | None = None):
+                 max_length: int | None = None, stem_stride: int = 1, aux_ctc: bool = False):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2 (blank + characters), got {num_classes!r}")
@@ -87,6 +94,10 @@ class Recognizer(nn.Module):
             kw["depths"] = tuple(depths)
         if pools is not None:
             kw["pools"] = tuple(pools)
+        if stem_stride != 1:
+            if backbone != "vgg":
+                raise ValueError(f"stem_stride is a VGG backbone option, got backbone={backbone!r}")
+            kw["stem_stride"] = stem_stride
         if backbone == "vgg":
             self.backbone = VGGBackbone(**kw)
         elif backbone == "resnet":
@@ -108,6 +119,9 @@ class Recognizer(nn.Module):
         self.num_features, self.max_length, self.dropout = seq_dim, max_length, dropout
         self._head_kw = {"attention": attention, "dec_hidden": dec_hidden}
         self.head = self._make_head(num_classes)
+        if aux_ctc and head != "attn":
+            raise ValueError(f"aux_ctc is the joint CTC loss of an attention head; head={head!r} is CTC already")
+        self.aux_ctc = CTCHead(seq_dim, num_classes - 2, dropout) if aux_ctc else None  # blank + characters
         self.feature_info = self.backbone.feature_info
 
     def _make_head(self, num_classes: int) -> nn.Module:
@@ -126,6 +140,8 @@ class Recognizer(nn.Module):
         """A fresh head for another charset (fine-tuning on new characters); features are kept."""
         self.num_classes = num_classes
         self.head = self._make_head(num_classes)
+        if self.aux_ctc is not None:
+            self.aux_ctc = CTCHead(self.num_features, num_classes - 2, self.dropout)
 
     def out_lengths(self, widths: torch.Tensor) -> torch.Tensor:
         """Encoder time steps for input widths (N,), without running the network."""
@@ -167,7 +183,10 @@ class Recognizer(nn.Module):
             return self.head(features), lengths
         if targets is not None:
             logits = self.head(features, lengths, targets)
-            return logits, (targets != self.head.pad_id).sum(1)
+            out = (logits, (targets != self.head.pad_id).sum(1))
+            if self.aux_ctc is not None:
+                out = (*out, (self.aux_ctc(features), lengths))
+            return out
         logits = self.head(features, lengths, None, self.max_length)
         limits = default_max_length(lengths)
         if self.max_length is not None:
@@ -195,14 +214,22 @@ def recognizer(**kwargs) -> Recognizer:
 
 @register_model("crnn")
 def crnn(**kwargs) -> Recognizer:
-    """Vanilla CNN -> BiLSTM -> CTC (CRNN), half the original widths so batch-1 CPU latency is low."""
-    return _create({"backbone": "vgg", "width": 32, "hidden": 128, "seq_layers": 2, "head": "ctc"}, kwargs)
+    """Vanilla CNN -> BiLSTM -> CTC (CRNN) sized for CPUs: VGG stack at a quarter of the original widths
+    (16..128 channels) with a strided stem, one BiLSTM layer of 64 per direction (0.6 M parameters)."""
+    return _create({"backbone": "vgg", "width": 16, "stem_stride": 2, "hidden": 64, "seq_layers": 1,
+                    "head": "ctc"}, kwargs)
 
 
 @register_model("crnn_small")
 def crnn_small(**kwargs) -> Recognizer:
-    """CRNN at a quarter width and one BiLSTM layer: digit strings, tests, quick experiments."""
+    """``crnn`` without the strided stem (a max pool after a full-resolution conv): tests, quick experiments."""
     return _create({"backbone": "vgg", "width": 16, "hidden": 64, "seq_layers": 1, "head": "ctc"}, kwargs)
+
+
+@register_model("crnn_medium")
+def crnn_medium(**kwargs) -> Recognizer:
+    """CRNN at half the original widths (32..256 channels), 2 x 128 BiLSTM: a middle size for GPUs."""
+    return _create({"backbone": "vgg", "width": 32, "hidden": 128, "seq_layers": 2, "head": "ctc"}, kwargs)
 
 
 @register_model("crnn_large")
@@ -220,9 +247,20 @@ def crnn_resnet(**kwargs) -> Recognizer:
 
 @register_model("attn")
 def attn(**kwargs) -> Recognizer:
-    """The improved recognizer: ResNet -> BiLSTM encoder -> Bahdanau attention decoder."""
+    """The improved recognizer at ``crnn``'s CPU size: the same encoder, a Bahdanau attention decoder
+    (LSTM 128), trained jointly with a CTC head on the encoder (``aux_ctc``; Kim et al. 2017 report faster
+    convergence and monotonic alignments from it)."""
+    return _create({"backbone": "vgg", "width": 16, "stem_stride": 2, "hidden": 64, "seq_layers": 1,
+                    "head": "attn", "attention": "bahdanau", "dec_hidden": 128, "aux_ctc": True,
+                    "num_classes": 98}, kwargs)
+
+
+@register_model("attn_resnet")
+def attn_resnet(**kwargs) -> Recognizer:
+    """ResNet -> BiLSTM encoder -> Bahdanau attention decoder (Baek et al. 2019, slimmed): for GPUs."""
     return _create({"backbone": "resnet", "width": 32, "depths": (1, 2, 3, 2), "hidden": 128,
-                    "head": "attn", "attention": "bahdanau", "dec_hidden": 256, "num_classes": 98}, kwargs)
+                    "head": "attn", "attention": "bahdanau", "dec_hidden": 256, "aux_ctc": True,
+                    "num_classes": 98}, kwargs)
 
 
 @register_model("attn_small")

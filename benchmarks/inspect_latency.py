@@ -58,9 +58,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     charset = Charset(" !\"#&'()*+,-./0123456789:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-    model = create_model("crnn", num_classes=charset.num_ctc_classes)
+    model = create_model("crnn_medium", num_classes=charset.num_ctc_classes)
     agent = CTCAgent(model, torch.optim.Adam(model.parameters()), charset=charset, device="cpu")
-    session = Session(agent, image=line_image(args.width), name="crnn")
+    session = Session(agent, image=line_image(args.width), name="crnn_medium")
     h, w = session.base.shape[-2:]
 
     # the bare forward on the same input, for the ratio
@@ -118,7 +118,7 @@ def main() -> None:
     bare_med, bare_p90 = stats(bare)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(
-        f"dawnet inspector update latency: crnn ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
+        f"dawnet inspector update latency: crnn_medium ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
         "params), "
         f"one {h}x{w} line, CPU, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores, "
         f"load average {load}"

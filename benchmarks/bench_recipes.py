@@ -64,7 +64,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["rec", "det"], help="Train a recognizer or the detector.")
     p.add_argument("--data", required=True, help="Folder of built data sets (see above).")
-    p.add_argument("--train-suffix", default="", help="Suffix of the training folders (e.g. -bench-cpu).")
+    p.add_argument("--train-suffix", default="", help="Training folders' suffix (--train-suffix=-bench-cpu).")
     p.add_argument("--model", default="crnn", help="Recognizer preset (rec only; default: crnn).")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=None, help="Lines or pages per step (default: 32 / 8).")

@@ -50,9 +50,9 @@ def run_detector(a: argparse.Namespace) -> dict:
 
     prof = dataclasses.replace(bench.PROFILES["cpu"], det_steps=a.steps, det_batch=a.batch, det_lr=a.lr)
     data = {"pages-v1": {"path": str(Path(a.data) / f"pages-v1{a.train_suffix}")}}
-    if a.binary_objectness:  # the loss before IoU-aware objectness, for the side-by-side comparison
-        detection.DetectionAgent.__init__.__kwdefaults__["iou_aware"] = False
-    agent, seconds = bench.train_detector(data, prof, a.seed, torch.device("cpu"), False)
+    # --binary-objectness: the loss before IoU-aware objectness, for the side-by-side comparison
+    agent, seconds = bench.train_detector(data, prof, a.seed, torch.device("cpu"), False,
+                                          iou_aware=not a.binary_objectness)
     test = detection.DetectionDataset(Path(a.data) / "pages-v1-bench-cpu" / "test" / "coco.json", prof.det_size)
     r = agent.evaluate(detection.detection_loader(test, 4))
     return {"steps": a.steps, "batch": a.batch, "lr": a.lr, "iou_aware": agent.iou_aware,

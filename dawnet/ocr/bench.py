@@ -386,7 +386,7 @@ def train_recognizer(name: str, data: dict, charset, profile: Profile, seed: int
     return agent, time.perf_counter() - start
 
 
-def train_detector(data: dict, profile: Profile, seed: int, device, progress: bool):
+def train_detector(data: dict, profile: Profile, seed: int, device, progress: bool, iou_aware: bool = True):
     import dawnet.ocr.models.yolo  # noqa: F401  (registers yolo)
     from dawnet.ocr.detection import DetectionAgent, DetectionAugment, DetectionDataset, detection_loader
     from dawnet.registry import create_model
@@ -413,7 +413,8 @@ def train_detector(data: dict, profile: Profile, seed: int, device, progress: bo
         annihilate_to=profile.det_lr / 1000,
     )
     agent = DetectionAgent(
-        model, opt, schedule=schedule, size=profile.det_size, grad_clip=10.0, seed=seed, device=device
+        model, opt, schedule=schedule, size=profile.det_size, grad_clip=10.0, seed=seed, device=device,
+        iou_aware=iou_aware,
     )
     loader = detection_loader(
         train, min(profile.det_batch, len(train)), shuffle=True, workers=profile.loader_workers

@@ -15,14 +15,6 @@ from dawnet.registry import create_model
 TEXTS = ["hello", "world 42", "dawnet", "ocr line", "inspect me", "live maps"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: batch-1 forwards on a shared 2-core machine are fastest (and steady) this way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="session")
 def lines():

@@ -23,14 +23,6 @@ from dawnet.registry import create_model, register_model
 TEXTS = ["hello", "world 42", "dawnet", "ocr line"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared CPU run several times faster than with OpenMP spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def lines():

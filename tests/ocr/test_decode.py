@@ -14,15 +14,6 @@ from dawnet.ocr.lm import CharNgramLM
 from dawnet.registry import create_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: small models on a shared CPU run several times faster than with OpenMP spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _greedy_reference(best, length, blank=0):
     out, prev = [], None
     for c in best[:length]:

@@ -14,14 +14,6 @@ CTC = [n for n in PRESETS if model_cfgs[n]["head"] == "ctc"]
 ATTN = [n for n in PRESETS if model_cfgs[n]["head"] == "attn"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: small models on a shared CPU run several times faster than with OpenMP spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _inputs(model, widths=(MAX_WIDTH, 37), seed=0):
     g = torch.Generator().manual_seed(seed)

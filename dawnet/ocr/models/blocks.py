@@ -236,15 +236,11 @@ class VGGBackbone(_Backbone):
                 stride = stem_stride if not layers else 1
                 layers.append(ConvNormAct(chs, out, 3, stride, norm_layer=norm_layer, act_layer=act_layer))
                 chs = out
-            if stem_stride == 2 and i == 0:  # the strided stem already halved height and width
-                h //= 2
-                red *= 2
-                self.feature_info.append({"num_chs": chs, "reduction": (height // h, red),
-                                          "module": f"layers.{len(layers) - 1}"})
-                continue
-            pool = _pool(pools[i])
+            strided = stem_stride == 2 and i == 0  # the stem conv already did this stage's 2x2 pooling
+            pool = None if strided else _pool(pools[i])
             if pool is not None:
                 layers.append(pool)
+            if strided or pool is not None:
                 h //= 2
                 red *= 2 if pools[i] == "2x2" else 1
             self.feature_info.append({"num_chs": chs, "reduction": (height // h, red),

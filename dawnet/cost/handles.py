@@ -320,6 +320,19 @@ def _fused_gru_cell(args, kwargs, out):
     return OpCost(0, rows * rnn_cell_elementwise(3, hidden, has_biases))
 
 
+def _fused_lstm_cell_backward(args, kwargs, out):
+    # _thnn_fused_lstm_cell_backward_impl(grad_hy, grad_cy, cx, cy, workspace, has_bias): element-wise
+    # gate gradients only (the matmul gradients are separate mm ops); 2x the forward cell, like RNN kernels
+    rows, hidden = args[2].shape[0], args[2].shape[1]
+    return OpCost(0, 2 * rows * rnn_cell_elementwise(2, hidden, bool(_arg(args, kwargs, 5, "has_bias", True))))
+
+
+def _fused_gru_cell_backward(args, kwargs, out):
+    # _thnn_fused_gru_cell_backward(grad_hy, workspace, has_bias)
+    rows, hidden = args[0].shape[0], args[0].shape[1]
+    return OpCost(0, 2 * rows * rnn_cell_elementwise(3, hidden, bool(_arg(args, kwargs, 2, "has_bias", True))))
+
+
 def _sdpa_bhle(q, k, v):
     """(batch x heads, L, S, E, Ev) of tensors laid out (..., L, E)."""
     return _prod(q.shape[:-2]), q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
@@ -519,6 +532,12 @@ def _norm_backward(args, kwargs, out):  # grad_out, input, ...: d(normalize), d(
     return OpCost(0, 5 * _numel(args[1]))
 
 
+def _scatter(args, kwargs, out):
+    # scatter(self, dim, index, src|value, *, reduce=None): a copy, or one op per index with reduce=
+    reduce = _arg(args, kwargs, 4, "reduce")
+    return OpCost(0, _numel(args[2]) if reduce else 0)
+
+
 def _scatter_add(args, kwargs, out):
     return OpCost(0, _numel(_arg(args, kwargs, 3, "src")))
 
@@ -554,6 +573,8 @@ HANDLES: dict[str, Handle] = {
     "aten::_cudnn_rnn_backward": _cudnn_rnn_backward,
     "aten::_thnn_fused_lstm_cell": _fused_lstm_cell,
     "aten::_thnn_fused_gru_cell": _fused_gru_cell,
+    "aten::_thnn_fused_lstm_cell_backward_impl": _fused_lstm_cell_backward,
+    "aten::_thnn_fused_gru_cell_backward": _fused_gru_cell_backward,
     # attention kernels (inputs (B, H, L, E))
     "aten::_scaled_dot_product_flash_attention_for_cpu": _sdpa_handle(None, "attn_mask", 3, 4),
     "aten::_scaled_dot_product_flash_attention": _sdpa_handle(None, "attn_mask", 3, 4),
@@ -637,6 +658,8 @@ HANDLES: dict[str, Handle] = {
     "aten::upsample_nearest2d_backward": _per_element(1, "in"),
     "aten::upsample_nearest3d_backward": _per_element(1, "in"),
     # scatter/gather arithmetic
+    "aten::scatter": _scatter,
+    "aten::scatter_": _scatter,
     "aten::scatter_add": _scatter_add,
     "aten::scatter_add_": _scatter_add,
     "aten::index_add": _scatter_add,
@@ -648,7 +671,8 @@ HANDLES: dict[str, Handle] = {
 
 # Ops that cost no flops on purpose: data movement, memory allocation and fills, shape and
 # metadata, indexing copies, selections (where, masked_fill: no arithmetic), RNG fills (dropout's
-# mask *multiply* is counted), conversions, packing.
+# mask *multiply* is counted), conversions, packing, sorting (comparisons, no arithmetic: packing a
+# padded batch sorts its lengths).
 ZERO_OPS: frozenset[str] = frozenset(
     "aten::" + n
     for n in """
@@ -668,13 +692,32 @@ ZERO_OPS: frozenset[str] = frozenset(
     masked_scatter select_backward slice_backward index_select_backward unfold_backward
     _unsafe_index _unsafe_index_put pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
     where masked_fill masked_fill_ _linalg_check_errors _assert_async _assert_tensor_metadata
-    _functional_assert_async record_stream
+    _functional_assert_async record_stream sort argsort
     """.split()
+)
+
+
+# Element-wise ops that older torch releases do not tag ``pointwise`` (2.11 leaves leaky_relu out).
+UNTAGGED_POINTWISE: frozenset[str] = frozenset(
+    "aten::" + n for n in "leaky_relu leaky_relu_ leaky_relu_backward".split()
 )
 
 
 def _name(func) -> str:
     return func._schema.name
+
+
+def _is_inplace(func, tags) -> bool:
+    """``add_`` and the like: torch >= 2.13 tags them; older releases only name them with a trailing ``_``."""
+    tag = getattr(torch.Tag, "inplace", None)
+    return tag in tags if tag is not None else _inplace_by_name(_name(func))
+
+
+def _inplace_by_name(name: str) -> bool:
+    base = name.split("::")[-1]
+    if base.startswith("__") and base.endswith("__"):  # operators: __ixor__ is in place, __xor__ is not
+        return base.startswith("__i")
+    return base.endswith("_")  # aten::add_
 
 
 def classify(func, overrides: dict[str, Handle | None] | None = None) -> tuple[str, Handle | None]:
@@ -689,8 +732,8 @@ def classify(func, overrides: dict[str, Handle | None] | None = None) -> tuple[s
     tags = func.tags
     if name in ZERO_OPS or func.is_view or torch.Tag.view_copy in tags or torch.Tag.inplace_view in tags:
         return "zero", None
-    if torch.Tag.pointwise in tags:
-        inplace = torch.Tag.inplace in tags
+    if torch.Tag.pointwise in tags or name in UNTAGGED_POINTWISE:
+        inplace = _is_inplace(func, tags)
         return "pointwise", _per_element(1, "in" if inplace else "out")
     if torch.Tag.reduction in tags:
         return "reduction", _per_element(1, "in")

@@ -232,3 +232,45 @@ def test_transformer_encoder_padding_mask_counts_real_tokens():
     per_layer = 4 * rows * D * D + 2 * sum(n * n for n in lengths) * D + 2 * rows * D * F_
     assert r.macs == 2 * per_layer
     assert not r.unknown_ops
+
+
+@pytest.mark.skipif(not hasattr(torch.Tag, "inplace"), reason="this torch has no Tag.inplace to compare with")
+def test_inplace_rule_for_older_torch_matches_the_tag():
+    """torch < 2.13 has no Tag.inplace; the name rule used there must agree with the tag on every pointwise op."""
+    from dawnet.cost.handles import _inplace_by_name
+
+    checked = 0
+    for name in dir(torch.ops.aten):
+        packet = getattr(torch.ops.aten, name, None)
+        for overload in getattr(packet, "overloads", lambda: [])():
+            func = getattr(packet, overload)
+            if torch.Tag.pointwise in func.tags:
+                checked += 1
+                assert _inplace_by_name(func._schema.name) == (torch.Tag.inplace in func.tags), func._schema.name
+    assert checked > 300
+
+
+def test_untagged_pointwise_names_are_real_ops():
+    """The fallback list for older torch releases must name ops that exist (a typo would count nothing)."""
+    from dawnet.cost.handles import UNTAGGED_POINTWISE
+
+    for name in UNTAGGED_POINTWISE:
+        assert hasattr(torch.ops.aten, name.split("::")[1]), name
+
+
+def test_scatter_is_a_copy_unless_it_reduces():
+    class Scatter(nn.Module):
+        def __init__(self, reduce=None):
+            super().__init__()
+            self.reduce = reduce
+
+        def forward(self, x, index, src):
+            if self.reduce is None:
+                return x.scatter(1, index, src)
+            return x.scatter(1, index, 2.0, reduce=self.reduce)  # the tensor-src form is deprecated
+
+    x, index, src = torch.zeros(3, 8), torch.randint(0, 8, (3, 5)), torch.randn(3, 5)
+    plain = count(Scatter(), x, index, src, elementwise=True)
+    assert (plain.elementwise_flops, plain.unknown_ops) == (0, {})
+    added = count(Scatter("multiply"), x, index, src, elementwise=True)
+    assert (added.elementwise_flops, added.unknown_ops) == (15, {})

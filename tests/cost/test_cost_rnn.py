@@ -172,3 +172,28 @@ def test_fused_cell_kernels():
     cost = HANDLES["aten::_thnn_fused_lstm_cell"]([gates, gates, torch.randn(B, H), torch.randn(4 * H),
                                                    torch.randn(4 * H)], {}, None)
     assert cost == (0, B * 21 * H)  # matmuls are separate ops; the kernel adds biases and runs the cell
+
+    # CUDA's backward cell kernels: element-wise gate gradients, 2x the forward cell (like the RNN kernels)
+    cx = torch.randn(B, H)
+    back = HANDLES["aten::_thnn_fused_lstm_cell_backward_impl"]([cx, cx, cx, cx, gates, True], {}, None)
+    assert back == (0, 2 * B * 21 * H)
+    back = HANDLES["aten::_thnn_fused_gru_cell_backward"]([cx, torch.randn(B, 5 * H), False], {}, None)
+    assert back == (0, 2 * B * 10 * H)
+
+
+def test_packed_sequences_count_every_op():
+    """Packing a padded batch sorts its lengths and scatters the inverse permutation: no unknown ops, and
+    the LSTM's MACs follow the real lengths."""
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(6, 5, batch_first=True)
+
+        def forward(self, x, lengths):
+            return self.rnn(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))[0].data
+
+    lengths = torch.tensor([3, 7, 5])
+    report = count(Packed(), torch.randn(3, 7, 6), lengths, backward=True)
+    assert report.unknown_ops == {}
+    assert report.macs == 4 * 5 * (6 + 5) * int(lengths.sum())

@@ -198,6 +198,7 @@ def test_cuda_lstm_backprop_in_eval_mode():
             return self.rnn(self.conv(x).flatten(1, 2).transpose(1, 2))[0]
 
     m = M().cuda().eval()
-    res = optvis.render(m, O.channel("rnn", 3), size=(8, 20), steps=5, progress=False)
+    # no random transforms: with them, 5 steps on this tiny LSTM move the objective less than their noise
+    res = optvis.render(m, O.channel("rnn", 3), size=(8, 20), steps=20, transforms=[], seed=0, progress=False)
     assert res.history[-1] > res.history[0]
     assert not m.rnn.training and m.rnn.dropout == 0.3

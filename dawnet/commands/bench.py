@@ -15,10 +15,9 @@ def register(subparsers) -> None:
         help="Train and measure the reference OCR models on the benchmark protocol; compare runs.",
         description="Build (or reuse) the benchmark data, train the recognizers crnn and attn (and every "
         "--model) with an equal budget, the character LM and the yolo line detector, then measure each on "
-        "every "
-        "test set (seen fonts, unseen fonts, digit strings, pages), greedy and with the LM: CER, WER, "
-        "word accuracy, 1-NED, mAP, page CER, next to params, GFLOPs, latency and training time. "
-        "Prints one table and writes OUT/report.md, OUT/results.json, OUT/models/*.pt and "
+        "every test set (seen fonts, unseen fonts, digit strings, pages), greedy and with beam search (with "
+        "the LM on text lines): CER, WER, word accuracy, 1-NED, mAP, page CER, next to params, GFLOPs, "
+        "latency and training time. Prints one table and writes OUT/report.md, OUT/results.json, OUT/models/*.pt and "
         "OUT/figures/*.png. 'dawnet bench compare A/results.json B/results.json' sets two runs side "
         "by side.",
     )

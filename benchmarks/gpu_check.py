@@ -34,23 +34,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _cost(model: nn.Module, inputs: tuple, device: torch.device) -> dict:
+def _on(device: torch.device, model: nn.Module, inputs: tuple, dtype: torch.dtype | None = None):
+    """The model and its inputs on ``device`` (floating tensors in ``dtype`` when one is given)."""
+    def move(x):
+        return x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
+
+    return (model.to(device, dtype) if dtype is not None else model.to(device)), tuple(
+        move(x) if torch.is_tensor(x) else x for x in inputs)
+
+
+def _cost(model: nn.Module, inputs: tuple) -> dict:
     from dawnet.cost import count
 
-    model = model.to(device)
-    inputs = tuple(x.to(device) if torch.is_tensor(x) else x for x in inputs)
     r = count(model, *inputs, backward=True, warn_unknown=False)
     ops = sorted(set(r.by_operator) | set(r.backward_by_operator))
     return {"macs": r.macs, "backward_macs": r.backward_macs, "unknown": dict(r.unknown_ops), "ops": ops}
 
 
-def _torch_flops(model: nn.Module, inputs: tuple, device: torch.device) -> int | None:
+def _torch_flops(model: nn.Module, inputs: tuple) -> int | None:
     """torch.utils.flop_counter's forward + backward total, for reference (None where it fails)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        model = model.to(device)
-        inputs = tuple(x.to(device) if torch.is_tensor(x) else x for x in inputs)
         with FlopCounterMode(display=False) as m:
             out = model(*inputs)
             outs = [o for o in (out if isinstance(out, tuple) else (out,))
@@ -134,25 +139,20 @@ def check_flops(device: torch.device, charset) -> list[dict]:
     rows = []
     for name, (make, inputs, dtype, expect) in flops_cases(charset).items():
         torch.manual_seed(0)
-        cpu = _cost(make(), inputs, torch.device("cpu"))
+        cpu = _cost(*_on(torch.device("cpu"), make(), inputs))
         row = {"case": name, "expect": expect, "cpu_macs": cpu["macs"], "cpu_backward_macs": cpu["backward_macs"],
                "cpu_unknown": cpu["unknown"]}
         if device.type == "cuda":
             torch.manual_seed(0)
-            model = make()
-            ins = inputs
-            if dtype is not None:
-                model, ins = model.to(dtype), tuple(x.to(dtype) for x in inputs)
             try:
-                gpu = _cost(model, ins, device)
+                gpu = _cost(*_on(device, make(), inputs, dtype))
                 row.update(gpu_macs=gpu["macs"], gpu_backward_macs=gpu["backward_macs"], gpu_unknown=gpu["unknown"],
                            gpu_ops=[o for o in gpu["ops"] if any(k in o for k in ("rnn", "lstm", "gru", "attention"))],
                            agrees=_agrees(expect, cpu, gpu))
             except RuntimeError as e:  # a backend this GPU or these shapes do not support
                 row.update(error=str(e).splitlines()[0][:200])
             torch.manual_seed(0)
-            row["torch_flop_counter"] = _torch_flops(make().to(dtype) if dtype else make(),
-                                                     tuple(x.to(dtype) for x in inputs) if dtype else inputs, device)
+            row["torch_flop_counter"] = _torch_flops(*_on(device, make(), inputs, dtype))
         rows.append(row)
         print(f"[flops] {json.dumps(row)}", flush=True)
     return rows
@@ -177,12 +177,7 @@ def check_amp(device: torch.device, data: dict, charset, steps: int) -> list[dic
             model = build_recognizer(name, charset)
             opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
             agent = recognizer_agent(model, opt, charset, amp=amp, grad_clip=5.0, device=device)
-            t = time.perf_counter()
-            agent.fit([batch] * steps, steps=steps, progress=False)
-            losses = _losses(agent)
-            row = {"model": name, "amp": amp, "steps": agent.step, "first_loss": losses[0], "last_loss": losses[-1],
-                   "finite": all(math.isfinite(v) for v in losses), "seconds": time.perf_counter() - t,
-                   "grad_scale": agent._scaler.get_scale() if agent._scaler is not None else None}
+            row = _fit_row(agent, batch, steps, name, amp)
             row["falls"] = row["finite"] and row["last_loss"] < 0.5 * row["first_loss"]
             rows.append(row)
             print(f"[amp] {json.dumps(row)}", flush=True)
@@ -191,9 +186,14 @@ def check_amp(device: torch.device, data: dict, charset, steps: int) -> list[dic
     return rows
 
 
-def _losses(agent) -> list[float]:
-    """Per-step training losses from the agent's history."""
-    return [float(v) for v in agent.history.series("loss")[1]]
+def _fit_row(agent, batch, steps: int, name: str, amp: str) -> dict:
+    """Train ``agent`` for ``steps`` steps on one fixed batch; its first and last losses."""
+    t = time.perf_counter()
+    agent.fit([batch] * steps, steps=steps, progress=False)
+    losses = [float(v) for v in agent.history.series("loss")[1]]
+    return {"model": name, "amp": amp, "steps": agent.step, "first_loss": losses[0], "last_loss": losses[-1],
+            "finite": all(math.isfinite(v) for v in losses), "seconds": time.perf_counter() - t,
+            "grad_scale": agent._scaler.get_scale() if agent._scaler is not None else None}
 
 
 def _detector_amp(device, data, amp: str, steps: int) -> dict:
@@ -207,10 +207,9 @@ def _detector_amp(device, data, amp: str, steps: int) -> dict:
     model = create_model("yolo", size=384)
     agent = DetectionAgent(model, torch.optim.AdamW(model.parameters(), lr=2e-3), size=384, grad_clip=10.0,
                            device=device, amp=amp)
-    agent.fit([batch] * steps, steps=steps, progress=False)
-    losses = _losses(agent)
-    return {"model": "yolo", "amp": amp, "steps": agent.step, "first_loss": losses[0], "last_loss": losses[-1],
-            "finite": all(math.isfinite(v) for v in losses), "falls": losses[-1] < losses[0]}
+    row = _fit_row(agent, batch, steps, "yolo", amp)
+    row["falls"] = row["finite"] and row["last_loss"] < row["first_loss"]
+    return row
 
 
 def slice_profile(smoke: bool):

@@ -200,6 +200,10 @@ class Recognizer(nn.Module):
         return self.forward_head(features, lengths, targets)
 
 
+# crnn's CPU-sized encoder, shared by attn: quarter-width VGG with a strided stem, one 64-unit BiLSTM layer
+_CPU_ENCODER = {"backbone": "vgg", "width": 16, "stem_stride": 2, "hidden": 64, "seq_layers": 1}
+
+
 def _create(defaults: dict, kwargs: dict) -> Recognizer:
     return Recognizer(**{**defaults, **kwargs})
 
@@ -216,8 +220,7 @@ def recognizer(**kwargs) -> Recognizer:
 def crnn(**kwargs) -> Recognizer:
     """Vanilla CNN -> BiLSTM -> CTC (CRNN) sized for CPUs: VGG stack at a quarter of the original widths
     (16..128 channels) with a strided stem, one BiLSTM layer of 64 per direction (0.6 M parameters)."""
-    return _create({"backbone": "vgg", "width": 16, "stem_stride": 2, "hidden": 64, "seq_layers": 1,
-                    "head": "ctc"}, kwargs)
+    return _create({**_CPU_ENCODER, "head": "ctc"}, kwargs)
 
 
 @register_model("crnn_small")
@@ -250,8 +253,7 @@ def attn(**kwargs) -> Recognizer:
     """The improved recognizer at ``crnn``'s CPU size: the same encoder, a Bahdanau attention decoder
     (LSTM 128), trained jointly with a CTC head on the encoder (``aux_ctc``; Kim et al. 2017 report faster
     convergence and monotonic alignments from it)."""
-    return _create({"backbone": "vgg", "width": 16, "stem_stride": 2, "hidden": 64, "seq_layers": 1,
-                    "head": "attn", "attention": "bahdanau", "dec_hidden": 128, "aux_ctc": True,
+    return _create({**_CPU_ENCODER, "head": "attn", "attention": "bahdanau", "dec_hidden": 128, "aux_ctc": True,
                     "num_classes": 98}, kwargs)
 
 

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from dawnet import images
 
 __all__ = ["ImageInput", "load_image"]
 
 
 def load_image(source) -> Image.Image:
-    """Open an image file (or pass a PIL image through) with errors that name the file."""
-    if isinstance(source, Image.Image):
-        return source
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+    """``dawnet.images.load_image(source, mode="auto")``: 8-bit ``L`` for a grey image, ``RGB`` for colour."""
+    return images.load_image(source, mode="auto")
 
 
 @dataclass
@@ -54,8 +45,11 @@ class ImageInput:
 
     def __call__(self, raw) -> torch.Tensor:
         """A (1, C, H, W) float tensor from one image, or (N, C, H, W) from a batch tensor."""
-        if isinstance(raw, (str, os.PathLike, Image.Image)):
-            x = self._from_pil(load_image(raw))
+        if isinstance(raw, (str, os.PathLike, Image.Image, bytes)):
+            x = self._from_pil(raw)
+        elif isinstance(raw, np.ndarray) and not np.issubdtype(raw.dtype, np.floating):
+            _from_array(raw)  # the shape check, with this module's message
+            x = self._from_pil(raw)
         elif isinstance(raw, np.ndarray):
             x = _from_array(raw)
         elif isinstance(raw, torch.Tensor):
@@ -67,16 +61,16 @@ class ImageInput:
             if x.dim() != 4:
                 raise ValueError(f"image tensor must be (H, W), (C, H, W) or (N, C, H, W), got {tuple(raw.shape)}")
         else:
-            raise TypeError(f"cannot make an image from {type(raw).__name__}: give a path, a PIL image, a numpy "
-                            "array or a tensor")
+            raise TypeError(f"cannot make an image from {type(raw).__name__}: give a path, bytes, a PIL image, a "
+                            "numpy array or a tensor")
         x = self._channels(x)
         x = self._resize(x)
         return (x - self.mean) / self.std
 
-    def _from_pil(self, im: Image.Image) -> torch.Tensor:
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("RGB" if self.channels != 1 else "L")
-        return _from_array(np.asarray(im))
+    def _from_pil(self, raw) -> torch.Tensor:
+        """8-bit grey or RGB as the model's channels ask (a grey image stays grey when they do not say)."""
+        mode = {1: "L", 3: "RGB"}.get(self.channels, "auto")
+        return _from_array(np.asarray(images.load_image(raw, mode=mode)))
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]

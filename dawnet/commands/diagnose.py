@@ -95,25 +95,12 @@ def _prepared(agent, image: str) -> tuple:
     return tuple(t.to(agent.device) if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
-def _forward_with(rest: tuple):
-    """model(x, *rest), with batch-1 extra inputs (e.g. line widths) repeated to x's batch."""
-    import torch
-
-    def forward(model, x):
-        extra = []
-        for r in rest:
-            if isinstance(r, torch.Tensor) and r.dim() >= 1 and r.shape[0] == 1 and x.shape[0] != 1:
-                r = r.expand(x.shape[0], *r.shape[1:])
-            extra.append(r)
-        return model(x, *extra)
-
-    return forward
-
-
 def _input_shape(args, agent) -> tuple[tuple[int, ...], Any]:
+    from dawnet.diagnose.forward import forward_with
+
     if args.image:
         inputs = _prepared(agent, args.image)
-        return tuple(inputs[0].shape[1:]), _forward_with(inputs[1:])
+        return tuple(inputs[0].shape[1:]), forward_with(inputs[1:])
     if args.input_shape:
         try:
             shape = tuple(int(v) for v in args.input_shape.replace("x", ",").split(",") if v.strip())
@@ -181,7 +168,7 @@ def _run_layers(agent, args) -> int:
 
 
 def _run_rf(agent, args) -> int:
-    from dawnet.diagnose.trace import receptive_field
+    from dawnet.diagnose.receptive_field import receptive_field
 
     shape, forward = _input_shape(args, agent)
     results = [receptive_field(agent.model, layer, shape, forward=forward) for layer in args.layer]
@@ -202,22 +189,17 @@ def _run_figures(agent, args) -> int:
     import torch
 
     from dawnet.diagnose import vis
+    from dawnet.diagnose.forward import eval_mode, forward_with
+    from dawnet.diagnose.layout import canonical, feature_layout
     from dawnet.diagnose.probe import probe, resolve_layers, unwrap
-    from dawnet.diagnose.trace import (
-        _eval_mode,
-        canonical,
-        channel,
-        feature_layout,
-        receptive_field,
-        sensitivity,
-        to_input_space,
-    )
+    from dawnet.diagnose.receptive_field import receptive_field, to_input_space
+    from dawnet.diagnose.sensitivity import channel, sensitivity
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = _prepared(agent, args.image)
     x = inputs[0]
-    forward = _forward_with(inputs[1:])
+    forward = forward_with(inputs[1:])
     model = agent.model
     modules = resolve_layers(model, args.layer)
     files: list[str] = []
@@ -229,7 +211,7 @@ def _run_figures(agent, args) -> int:
         vis.save_figure(fig, path)
         files.append(str(path))
 
-    with _eval_mode(model), torch.no_grad(), probe(model, args.layer) as p:
+    with eval_mode(model), torch.no_grad(), probe(model, args.layer) as p:
         outputs = forward(model, x)
     for layer in args.layer:  # check every request before drawing anything
         n_ch = canonical(p[layer], feature_layout(modules[layer], p[layer], None)).shape[1]

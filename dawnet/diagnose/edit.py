@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
+from dawnet.diagnose.forward import eval_mode, param_like, run_forward
+from dawnet.diagnose.layout import canonical, feature_layout
 from dawnet.diagnose.probe import probe, resolve_layers
-from dawnet.diagnose.trace import _eval_mode, _forward, _param_like, canonical, feature_layout
 
 __all__ = [
     "as_image", "cut", "paste", "transplant", "stroke", "erase", "add_noise", "blur", "rotate", "scale", "elastic",
@@ -422,17 +423,17 @@ def compare(model: nn.Module, before: Any, after: Any, layers: str | Sequence[st
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
     modules = resolve_layers(model, layers) if layers else {}
-    device, dtype = _param_like(model)
+    device, dtype = param_like(model)
     xb, _ = _batched(before)
     xa, _ = _batched(after)
     if xb.shape != xa.shape:
         raise ValueError(f"before {tuple(xb.shape)} and after {tuple(xa.shape)} must have the same shape")
     acts: list[dict[str, torch.Tensor]] = []
     outs = []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for x in (xb, xa):
             with probe(model, layers) as p:
-                out = _forward(model, x.to(device=device, dtype=dtype), forward)
+                out = run_forward(model, x.to(device=device, dtype=dtype), forward)
             got = {}
             for name in layers:
                 t = p[name]

@@ -21,6 +21,7 @@ first tensor of its output (the LSTM/GRU output sequence, padded when packed), w
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import threading
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from dawnet.diagnose.forward import eval_mode as eval_block
+from dawnet.parallel import unwrap  # the plain model inside DataParallel / DDP / torch.compile wrappers
 
 __all__ = [
     "LayerNotFoundError", "Probe", "probe", "capture", "unwrap", "resolve_layers", "primary_tensor", "layer_names",
@@ -43,14 +47,6 @@ class LayerNotFoundError(KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0]) if self.args else ""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside ``DataParallel`` / ``DistributedDataParallel`` wrappers (any depth)."""
-    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while isinstance(model, parallel):
-        model = model.module
-    return model
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -413,14 +409,9 @@ def capture(model: nn.Module, layers: str | Iterable[str], *inputs: Any, eval_mo
             **kwargs: Any) -> tuple[dict[str, torch.Tensor], Any]:
     """Run ``model(*inputs)`` once without gradients and return ``(activations, model output)``.
 
-    The model is put in eval mode for the pass (``eval_mode=True``) and its mode is restored.
+    The model is put in eval mode for the pass (``eval_mode=True``); every submodule's mode is restored.
     """
-    was_training = model.training
-    if eval_mode:
-        model.eval()
-    try:
-        with torch.no_grad(), probe(model, layers, **kwargs) as p:
-            out = model(*inputs)
-        return {n: p[n] for n in p.layers}, out
-    finally:
-        model.train(was_training)
+    with (eval_block(model) if eval_mode else contextlib.nullcontext()), torch.no_grad(), \
+            probe(model, layers, **kwargs) as p:
+        out = model(*inputs)
+    return {n: p[n] for n in p.layers}, out

@@ -32,8 +32,9 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from dawnet.callbacks import Callback
+from dawnet.diagnose.forward import eval_mode, run_forward
+from dawnet.diagnose.layout import canonical, feature_layout
 from dawnet.diagnose.probe import probe, resolve_layers, unwrap
-from dawnet.diagnose.trace import _eval_mode, _forward, canonical, feature_layout
 
 __all__ = ["FeatureRecorder", "Recording", "plot_evolution", "animate"]
 
@@ -141,8 +142,8 @@ class FeatureRecorder(Callback):
             p = next(model.parameters(), None)
             device = p.device if p is not None else "cpu"
         out = {}
-        with _eval_mode(model), torch.no_grad(), probe(model, self.layers) as pr:
-            _forward(model, self.inputs.to(device), self.forward)
+        with eval_mode(model), torch.no_grad(), probe(model, self.layers) as pr:
+            run_forward(model, self.inputs.to(device), self.forward)
             for name in self.layers:
                 t = pr[name]
                 f = canonical(t, feature_layout(modules[name], t, self.layouts.get(name)))

@@ -22,18 +22,19 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from dawnet.diagnose.forward import eval_mode, param_like
 from dawnet.diagnose.optvis import param as param_mod
 from dawnet.diagnose.optvis import transform as transform_mod
 from dawnet.diagnose.optvis.objectives import PSEUDO_LAYERS, Objective, as_objective
 from dawnet.diagnose.probe import primary_tensor, resolve_layers, unwrap
 
-__all__ = ["render", "Visualization", "RenderResult", "model_input_channels", "eval_mode", "tensor_to_pil"]
+__all__ = ["render", "Visualization", "RenderResult", "model_input_channels", "tensor_to_pil"]
 
 DEFAULT_LR = 0.05
 DEFAULT_STEPS = 512
@@ -66,40 +67,6 @@ def model_input_channels(model: nn.Module) -> int:
         f"cannot tell how many input channels {type(model).__name__} takes (no Conv2d found): "
         f"pass channels= or an explicit param="
     )
-
-
-def _model_place(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode, frozen parameters and backprop-able recurrent layers; everything restored on exit."""
-    modes = {m: m.training for m in model.modules()}
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    rnn_dropout = []
-    try:
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        device, _ = _model_place(model)
-        if device.type == "cuda":
-            for m in model.modules():
-                if isinstance(m, nn.RNNBase):  # cuDNN RNN backward needs train mode
-                    rnn_dropout.append((m, m.dropout))
-                    m.dropout = 0.0
-                    m.train(True)
-        yield model
-    finally:
-        for m, d in rnn_dropout:
-            m.dropout = d
-        for m, mode in modes.items():
-            m.training = mode
-        for p, g in grads:
-            p.requires_grad_(g)
 
 
 class _Activations:
@@ -152,7 +119,7 @@ class Visualization:
     ):
         self.model = unwrap(model)
         self.objective: Objective = as_objective(objective)
-        self.device, self.dtype = _model_place(self.model)
+        self.device, self.dtype = param_like(self.model)
         pdtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32  # no half FFT
         self.param = param.to(device=self.device, dtype=pdtype)
         if isinstance(transforms, (list, tuple)):
@@ -192,7 +159,7 @@ class Visualization:
             return self
         stack = ExitStack()
         try:
-            stack.enter_context(eval_mode(self.model))
+            stack.enter_context(eval_mode(self.model, freeze=True, backprop_rnn=True))
             for name, module in self._modules.items():
                 self._handles.append(module.register_forward_hook(self._hook(name, module)))
             stack.callback(self._remove_hooks)

@@ -7,41 +7,211 @@ also scores the line end. CTC greedy is vectorized over the batch; the beam sear
 in Python/numpy (measured in lines/s by ``benchmarks/recognizer_speed.py``).
 
 Ids follow :class:`dawnet.ocr.charset.Charset`: CTC blank 0; attention pad 0, end n+1, start n+2.
+
+A :class:`Reading` is what one line reads as: its text, the model's probability of each character and,
+for CTC, the output frame each character came from. ``ctc_greedy_readings``, ``ctc_readings`` and
+``attention_readings`` build them from outputs and decoded ids; ``ctc_reader(charset)`` is a ready decoder
+for :func:`dawnet.diagnose.edit.compare`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from dawnet.ocr.lm import EOS, UNK, CharNgramLM
 
-__all__ = ["ctc_greedy", "ctc_beam_search", "ctc_prefix_beam_search", "attention_greedy",
-           "attention_beam_search", "lm_index"]
+__all__ = ["Reading", "ctc_greedy", "ctc_greedy_readings", "ctc_readings", "ctc_align", "ctc_reader",
+           "ctc_beam_search", "ctc_prefix_beam_search", "attention_greedy", "attention_readings",
+           "attention_beam_search", "lm_index", "ids_to_texts"]
 
 NEG_INF = -math.inf
 
 
-def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor | None = None, blank: int = 0) -> list[list[int]]:
-    """Best-path decoding: argmax per step, merge repeats, drop blanks; (N, T, C) -> ids per line."""
-    if log_probs.dim() != 3:
-        raise ValueError(f"expected (N, T, C) CTC outputs, got shape {tuple(log_probs.shape)}")
+@dataclass(frozen=True)
+class Reading:
+    """One line as a recognizer reads it.
+
+    Attributes:
+        text: the decoded text.
+        confidences: one per character of ``text``, the model's own probability for it (never the LM's):
+            CTC: the highest softmax probability of that character over the frames of its run on the
+            best path; attention: the softmax probability of that character at its decoding step.
+        frames: CTC only (None for attention): per character, the output frame where its run starts
+            (frame ``t`` covers input columns ``t * stride ...``; see the model's ``out_lengths``).
+        notes: what preparing the raw image did to it (e.g. a colour image converted to grayscale).
+    """
+
+    text: str
+    confidences: tuple[float, ...] = ()
+    frames: tuple[int, ...] | None = None
+    notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _ctc_outputs(log_probs, lengths):
+    """``(log_probs, lengths)`` from what a CTC recognizer returns (a tuple) or a bare (N, T, C) tensor."""
+    if isinstance(log_probs, (tuple, list)):
+        if len(log_probs) != 2:
+            raise ValueError(f"expected a CTC recognizer's (log_probs, lengths) output, got a {len(log_probs)}-tuple")
+        log_probs, out_lengths = log_probs
+        lengths = out_lengths if lengths is None else lengths
+    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3:
+        shape = tuple(log_probs.shape) if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
+        raise ValueError(f"expected (N, T, C) CTC outputs, got {shape}")
+    return log_probs, lengths
+
+
+def ctc_greedy(log_probs: torch.Tensor | tuple, lengths: torch.Tensor | None = None,
+               blank: int = 0) -> list[list[int]]:
+    """Best-path decoding: argmax per step, merge repeats, drop blanks; (N, T, C) -> ids per line.
+
+    ``log_probs`` may be what a dawnet CTC recognizer returns, ``(log_probs, lengths)``.
+    """
+    log_probs, lengths = _ctc_outputs(log_probs, lengths)
     best = log_probs.detach().argmax(-1)  # (N, T)
     n, t = best.shape
     prev = torch.cat([torch.full((n, 1), -1, dtype=best.dtype, device=best.device), best[:, :-1]], 1)
     keep = (best != prev) & (best != blank)
     if lengths is not None:
         keep &= torch.arange(t, device=best.device)[None, :] < torch.as_tensor(lengths, device=best.device)[:, None]
-    counts = keep.sum(1).tolist()
-    flat = best[keep].tolist()
+    return _split(best[keep].tolist(), keep.sum(1).tolist())
+
+
+def _split(flat: list, counts: list[int]) -> list[list]:
     out, i = [], 0
     for c in counts:
         out.append(flat[i:i + c])
         i += c
     return out
+
+
+def ctc_greedy_readings(log_probs: torch.Tensor | tuple, lengths: torch.Tensor | None = None, charset=None,
+                        blank: int = 0) -> list[Reading]:
+    """Best-path decoding with confidences and frames: the ids are exactly :func:`ctc_greedy`'s.
+
+    ``charset``: a :class:`~dawnet.ocr.charset.Charset` (or anything with ``decode(ids)``), or an alphabet
+    string whose character ``i`` is class ``i + 1``.
+    """
+    log_probs, lengths = _ctc_outputs(log_probs, lengths)
+    decode = _text_decoder(charset)
+    probs = log_probs.detach().float().softmax(-1)
+    p, best = probs.max(-1)  # (N, T)
+    n, t = best.shape
+    prev = torch.cat([torch.full((n, 1), -1, dtype=best.dtype, device=best.device), best[:, :-1]], 1)
+    new_run = best != prev
+    valid = torch.ones_like(new_run)
+    if lengths is not None:
+        valid = torch.arange(t, device=best.device)[None, :] < torch.as_tensor(lengths, device=best.device)[:, None]
+    run = new_run.long().cumsum(1) - 1  # (N, T) run index of each frame
+    run_max = torch.zeros_like(p).scatter_reduce(1, run, torch.where(valid, p, torch.zeros_like(p)), "amax")
+    keep = new_run & (best != blank) & valid
+    counts = keep.sum(1).tolist()
+    ids = _split(best[keep].tolist(), counts)
+    confs = _split(run_max.gather(1, run)[keep].tolist(), counts)
+    frames = _split(keep.nonzero()[:, 1].tolist(), counts)
+    return [Reading(decode(i), tuple(c), tuple(f)) for i, c, f in zip(ids, confs, frames)]
+
+
+def ctc_align(log_probs: np.ndarray | torch.Tensor, ids: Sequence[int], blank: int = 0) -> list[tuple[int, int]]:
+    """The most probable CTC path of one line's (T, C) log-probs that reads ``ids`` (Viterbi forced
+    alignment): per id, the ``(first, last)`` frame of its run on that path.
+
+    For the ids :func:`ctc_greedy` gives, that path is the greedy path itself (ties aside). Raises
+    ValueError when no path of T frames can read ``ids`` (too many characters for the frames).
+    """
+    lp = np.asarray(log_probs.detach().float().cpu() if isinstance(log_probs, torch.Tensor) else log_probs,
+                    dtype=np.float64)
+    ids = [int(i) for i in ids]
+    t_len = lp.shape[0]
+    if not ids:
+        return []
+    labels = np.full(2 * len(ids) + 1, blank, dtype=np.int64)
+    labels[1::2] = ids
+    s_len = len(labels)
+    # state s may also come from s - 2 when it is a character different from the one two states back
+    skip = np.zeros(s_len, dtype=bool)
+    skip[3::2] = labels[3::2] != labels[1:-2:2]
+    score = np.full(s_len, NEG_INF)
+    score[0] = lp[0, labels[0]]
+    score[1] = lp[0, labels[1]]
+    back = np.zeros((t_len, s_len), dtype=np.int8)  # 0: stay, 1: from s - 1, 2: from s - 2
+    for t in range(1, t_len):
+        stay, one = score, np.concatenate([[NEG_INF], score[:-1]])
+        two = np.where(skip, np.concatenate([[NEG_INF, NEG_INF], score[:-2]]), NEG_INF)
+        cand = np.stack([stay, one, two])
+        back[t] = cand.argmax(0)
+        score = cand.max(0) + lp[t, labels]
+    end = s_len - 1 if score[-1] >= score[-2] else s_len - 2
+    if not np.isfinite(score[end]):
+        raise ValueError(f"{len(ids)} characters cannot be read from {t_len} CTC frames: the ids do not come "
+                         "from these outputs")
+    states = np.empty(t_len, dtype=np.int64)
+    s = end
+    for t in range(t_len - 1, -1, -1):
+        states[t] = s
+        s -= int(back[t, s])
+    spans: list[tuple[int, int]] = []
+    for t, s in enumerate(states.tolist()):
+        if s % 2 == 1:
+            k = s // 2
+            if len(spans) == k:
+                spans.append((t, t))
+            else:
+                spans[k] = (spans[k][0], t)
+    return spans
+
+
+def ctc_readings(log_probs: torch.Tensor | tuple, lengths: torch.Tensor | None, ids: Sequence[Sequence[int]],
+                 charset=None, blank: int = 0) -> list[Reading]:
+    """Readings of ids found by any search (e.g. beam + LM) over (N, T, C) CTC outputs: each id's frames
+    come from :func:`ctc_align`, its confidence is its highest softmax probability over its run."""
+    log_probs, lengths = _ctc_outputs(log_probs, lengths)
+    decode = _text_decoder(charset)
+    logits = log_probs.detach().float().cpu()
+    probs, logp = logits.softmax(-1), logits.log_softmax(-1).double().numpy()
+    lens = [probs.shape[1]] * probs.shape[0] if lengths is None else torch.as_tensor(lengths).tolist()
+    out = []
+    for i, line in enumerate(ids):
+        spans = ctc_align(logp[i, :int(lens[i])], line, blank)
+        confs = [float(probs[i, a:b + 1, c].max()) for (a, b), c in zip(spans, line)]
+        out.append(Reading(decode(line), tuple(confs), tuple(a for a, _ in spans)))
+    return out
+
+
+def _text_decoder(charset) -> Callable[[Sequence[int]], str]:
+    if charset is None:
+        raise ValueError("decoding to text needs the charset (a Charset or an alphabet string)")
+    if isinstance(charset, str):
+        alphabet = charset
+        return lambda ids: "".join(alphabet[i - 1] for i in ids)
+    return charset.decode
+
+
+def ctc_reader(charset) -> Callable[[torch.Tensor | tuple], list[Reading]]:
+    """A greedy CTC decoder to hand to :func:`dawnet.diagnose.edit.compare` (``decode=``): it takes what a
+    dawnet recognizer returns, ``(log_probs, lengths)``, or a bare (N, T, C) tensor, and gives a
+    :class:`Reading` per line. ``charset``: a Charset or an alphabet string (class ``i`` = ``alphabet[i - 1]``).
+
+        compare(model, before, after, ["backbone.layers.4"], decode=ctc_reader(agent.charset))
+    """
+    _text_decoder(charset)
+
+    def read(outputs) -> list[Reading]:
+        log_probs, lengths = _ctc_outputs(outputs, None)
+        size = len(charset) + 1
+        if log_probs.shape[-1] != size:
+            raise ValueError(f"the output has {log_probs.shape[-1]} classes but the charset has {len(charset)} "
+                             f"characters plus the blank ({size}); pass the charset the model was trained with")
+        return ctc_greedy_readings(log_probs, lengths, charset)
+
+    return read
 
 
 def lm_index(lm: CharNgramLM, charset, end_id: int | None = None) -> np.ndarray:
@@ -166,6 +336,21 @@ def attention_greedy(logits: torch.Tensor, lengths: torch.Tensor | None = None, 
         if end_id is not None and end_id in row:
             row = row[:row.index(end_id)]
         out.append(row)
+    return out
+
+
+def attention_readings(logits: torch.Tensor, ids: Sequence[Sequence[int]], charset) -> list[Reading]:
+    """Readings of attention outputs: ``logits`` (N, S, C) holds, at step ``s`` of line ``i``, the scores
+    that chose ``ids[i][s]`` (a free-running greedy pass, or a teacher-forced pass over the ids a beam
+    search found); a character's confidence is its softmax probability at its step."""
+    probs = logits.detach().float().softmax(-1)
+    out = []
+    for i, line in enumerate(ids):
+        line = [int(c) for c in line]
+        if len(line) > probs.shape[1]:
+            raise ValueError(f"line {i} has {len(line)} ids but the logits only {probs.shape[1]} steps")
+        conf = probs[i, torch.arange(len(line)), torch.tensor(line, dtype=torch.long)].tolist() if line else []
+        out.append(Reading(charset.decode(line), tuple(conf)))
     return out
 
 

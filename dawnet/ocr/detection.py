@@ -1,10 +1,5 @@
-"""Text-line detection around the YOLO model: letterbox, box-preserving augmentation, box coding, the loss,
-batched NMS, and the detection :class:`~dawnet.Agent` (mAP in validation through pycocotools).
-
-Pages enter the network letterboxed: resized so the longer side is ``size`` (aspect ratio kept), centred
-on a ``size x size`` canvas padded with blank paper, ink bright (``1 - gray / 255``), the same layout as
-:class:`dawnet.ocr.data.PageDataset`. Boxes are ``x0, y0, x1, y1`` pixels throughout; ``letterbox_boxes``
-and ``unletterbox_boxes`` map them between the page and the canvas.
+"""Text-line detection around the YOLO model: target assignment, the loss, decoding with NMS, and the
+detection :class:`~dawnet.Agent` (mAP in validation through pycocotools).
 
 The model (:mod:`dawnet.ocr.models.yolo`) predicts, at every stride-8 grid point, an objectness logit and
 the log distances to the four edges of the line it lies in. A point is a positive for a line when it lies
@@ -12,6 +7,10 @@ inside the line's box, or within half a stride of its centre row/column for line
 so every line gets at least one row of positives however thin it is (thin lines are never missed for
 want of a grid point); where lines overlap, the smaller box wins. Loss: binary cross-entropy on the
 objectness of every point plus GIoU on the positives' boxes, both normalized by the number of positives.
+
+Box geometry (letterbox, IoU, NMS, box coding, reading order) is in :mod:`dawnet.ocr.boxes`, the training
+data (augmentation, dataset, loader) in :mod:`dawnet.ocr.detection_data`; their names are importable from
+here too.
 
     agent = DetectionAgent(create_model("yolo"), torch.optim.AdamW(model.parameters(), 2e-3), size=640)
     agent.fit(loader(train_pages, augment=DetectionAugment()), epochs=30, val=loader(val_pages))
@@ -23,21 +22,32 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
-from torch.utils.data import DataLoader, Dataset
 
 from dawnet import parallel
 from dawnet.agent import Agent
-from dawnet.inputs import load_image
+from dawnet.ocr.boxes import (
+    Letterbox,
+    batched_nms,
+    box_iou,
+    decode_ltrb,
+    encode_ltrb,
+    gray_page,
+    grid_points,
+    letterbox,
+    letterbox_boxes,
+    nms,
+    order_lines,
+    unletterbox_boxes,
+)
+from dawnet.ocr.detection_data import DetectionAugment, DetectionDataset, collate_detection, detection_loader
 from dawnet.sampling import eval_loader
 
 __all__ = [
     "Letterbox",
+    "gray_page",
     "letterbox",
     "letterbox_boxes",
     "unletterbox_boxes",
@@ -56,174 +66,14 @@ __all__ = [
     "collate_detection",
     "detection_loader",
     "DetectionAgent",
+    "load_detector",
     "order_lines",
 ]
 
 MAX_LOG_DISTANCE = 8.0  # exp(8) * stride 8 = 23,800 px: no line is longer; keeps exp finite early in training
 
 
-# -- letterbox ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Where a page went on the canvas: ``canvas = page * scale + offset``; ``page_size``: (width, height)."""
-
-    scale: float
-    offset: tuple[float, float]
-    page_size: tuple[int, int]
-    size: int
-
-
-def _gray(image) -> Image.Image:
-    if isinstance(image, np.ndarray):
-        a = image
-        if a.ndim == 3 and a.shape[2] in (3, 4):
-            a = a[..., :3] @ np.array([0.299, 0.587, 0.114])
-        elif a.ndim == 3 and a.shape[2] == 1:
-            a = a[..., 0]
-        if a.ndim != 2:
-            raise ValueError(f"a page array must be (H, W) or (H, W, 3), got shape {image.shape}")
-        if a.dtype != np.uint8:
-            a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255)
-        return Image.fromarray(a.astype(np.uint8), mode="L")
-    if isinstance(image, torch.Tensor):
-        t = image.detach().float().cpu()
-        while t.dim() > 2 and t.shape[0] == 1:
-            t = t[0]
-        return _gray(t.numpy())
-    im = load_image(image)
-    return im if im.mode == "L" else im.convert("L")
-
-
-def letterbox(image, size: int = 640) -> tuple[torch.Tensor, Letterbox]:
-    """A page (path, PIL, numpy, tensor; dark ink on light paper) -> ``(1, size, size)`` ink-bright canvas.
-
-    The aspect ratio is kept: the longer side becomes ``size``, the page is centred, the rest is blank
-    paper (0). Returns the canvas and the :class:`Letterbox` that maps boxes back.
-    """
-    if size <= 0 or size % 32:
-        raise ValueError(f"size must be a positive multiple of 32, got {size}")
-    im = _gray(image)
-    if im.width < 1 or im.height < 1:
-        raise ValueError(f"the page image is empty ({im.width}x{im.height} px)")
-    s = size / max(im.width, im.height)
-    w, h = max(1, round(im.width * s)), max(1, round(im.height * s))
-    ox, oy = (size - w) // 2, (size - h) // 2
-    canvas = torch.zeros(1, size, size)
-    a = np.asarray(im.resize((w, h), Image.BILINEAR) if (w, h) != im.size else im, dtype=np.float32)
-    canvas[0, oy : oy + h, ox : ox + w] = torch.from_numpy(1.0 - a / 255.0)
-    # the scale actually used per axis can differ from s by rounding; boxes use the exact ratio per axis
-    return canvas, Letterbox(
-        scale=s, offset=(float(ox), float(oy)), page_size=(im.width, im.height), size=size
-    )
-
-
-def letterbox_boxes(boxes, lb: Letterbox) -> torch.Tensor:
-    """Page boxes ``(K, 4)`` -> canvas boxes."""
-    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clone()
-    sx, sy = _axis_scales(lb)
-    b[:, 0::2] = b[:, 0::2] * sx + lb.offset[0]
-    b[:, 1::2] = b[:, 1::2] * sy + lb.offset[1]
-    return b
-
-
-def unletterbox_boxes(boxes, lb: Letterbox, clip: bool = True) -> torch.Tensor:
-    """Canvas boxes ``(K, 4)`` -> page boxes (clipped to the page unless ``clip=False``)."""
-    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clone()
-    sx, sy = _axis_scales(lb)
-    b[:, 0::2] = (b[:, 0::2] - lb.offset[0]) / sx
-    b[:, 1::2] = (b[:, 1::2] - lb.offset[1]) / sy
-    if clip:
-        b[:, 0::2] = b[:, 0::2].clamp(0, lb.page_size[0])
-        b[:, 1::2] = b[:, 1::2].clamp(0, lb.page_size[1])
-    return b
-
-
-def _axis_scales(lb: Letterbox) -> tuple[float, float]:
-    w, h = lb.page_size
-    return max(1, round(w * lb.scale)) / w, max(1, round(h * lb.scale)) / h
-
-
-# -- augmentation that keeps boxes right -------------------------------------------------------------------
-
-
-class DetectionAugment:
-    """Random page augmentation that moves the boxes with the pixels (for training only).
-
-    Geometric (applied to image and boxes together): zoom ``scale`` and shift ``translate`` (a fraction
-    of the page), horizontal flip with probability ``flip`` (a mirrored line is still a line), each box
-    clipped to the page and dropped when less than ``min_visible`` of its area stays on it. Photometric
-    (boxes unchanged): contrast and brightness, blur, Gaussian noise, each with probability ``p``.
-    No rotation: the axis-aligned box of a rotated line is no longer tight. Seeded per call by ``rng``.
-
-    Call: ``augment(page PIL "L", boxes (K, 4) array, rng) -> (page, boxes (K', 4), kept indices (K',))``.
-    """
-
-    def __init__(
-        self,
-        scale=(0.75, 1.25),
-        translate: float = 0.1,
-        flip: float = 0.5,
-        p: float = 0.5,
-        noise: float = 8.0,
-        min_visible: float = 0.6,
-    ):
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
-        self.scale, self.translate, self.flip, self.p = tuple(scale), translate, flip, p
-        self.noise, self.min_visible = noise, min_visible
-
-    def __call__(self, image: Image.Image, boxes, rng: np.random.Generator):
-        image = _gray(image)
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        W, H = image.size
-        r = rng.random(5)
-        s = rng.uniform(*self.scale)
-        tx = rng.uniform(-self.translate, self.translate) * W + (1 - s) * W / 2  # zoom about the centre
-        ty = rng.uniform(-self.translate, self.translate) * H + (1 - s) * H / 2
-        flip = r[0] < self.flip
-        # forward map: x' = s*x + tx (then x'' = W - x' when flipped); PIL wants the inverse map
-        a, c = (-1.0 / s, (W - tx) / s) if flip else (1.0 / s, -tx / s)
-        paper = int(np.percentile(np.asarray(image), 90))
-        image = image.transform(
-            image.size, Image.AFFINE, (a, 0, c, 0, 1.0 / s, -ty / s), Image.BILINEAR, fillcolor=paper
-        )
-        out = boxes * s
-        out[:, 0::2] += tx
-        out[:, 1::2] += ty
-        if flip:
-            out[:, [0, 2]] = W - out[:, [2, 0]]
-        area = (out[:, 2] - out[:, 0]) * (out[:, 3] - out[:, 1])
-        out[:, 0::2] = out[:, 0::2].clip(0, W)
-        out[:, 1::2] = out[:, 1::2].clip(0, H)
-        visible = (out[:, 2] - out[:, 0]).clip(0) * (out[:, 3] - out[:, 1]).clip(0)
-        keep = np.nonzero((visible >= self.min_visible * np.maximum(area, 1e-9)) & (visible > 0))[0]
-        if r[1] < self.p:
-            arr = np.asarray(image, dtype=np.float32)
-            arr = (arr - 128.0) * rng.uniform(0.6, 1.2) + 128.0 + rng.uniform(-30, 30)
-            image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        if r[2] < self.p:
-            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-        if r[3] < self.p:
-            arr = np.asarray(image, dtype=np.float32) + rng.normal(0, self.noise, (H, W)).astype(np.float32)
-            image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-        return image, out[keep].astype(np.float32), keep
-
-
-# -- boxes: IoU, GIoU, NMS ---------------------------------------------------------------------------------
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of every box in ``a (..., N, 4)`` with every box in ``b (..., M, 4)`` -> ``(..., N, M)``."""
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[..., :, None] + area_b[..., None, :] - inter
-    return inter / union.clamp(min=1e-9)
+# -- the loss -------------------------------------------------------------------------------------------------
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,94 +91,6 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     )
     hull = (hull_wh[:, 0] * hull_wh[:, 1]).clamp(min=1e-9)
     return 1 - (iou - (hull - union) / hull), iou
-
-
-def batched_nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    iou_threshold: float = 0.5,
-    labels: torch.Tensor | None = None,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Greedy NMS on a batch at once: ``boxes (B, K, 4)``, ``scores (B, K)`` -> keep mask ``(B, K)``.
-
-    The result is exactly the classic greedy rule's (a box survives when no higher-scoring survivor overlaps
-    it by more than ``iou_threshold``; equal scores ranked by index), computed with whole-matrix tensor
-    operations: the IoU matrix of each image in score order, then the fixed-point iteration of Cluster-NMS
-    (Zheng et al. 2021), ``keep = valid & ~any_j(overlap[j, i] & keep[j])`` over higher ranks ``j``, until
-    nothing changes. After iteration ``t`` the first ``t`` ranks are final, and in practice a handful of
-    iterations suffice. With ``labels`` only boxes of the same class suppress each other; ``valid`` masks
-    padding. Large batches are cut into chunks so the ``(B, K, K)`` matrix stays under ~64 M entries.
-    """
-    if boxes.dim() != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2]:
-        raise ValueError(
-            f"batched_nms takes boxes (B, K, 4) and scores (B, K), got {tuple(boxes.shape)} and "
-            f"{tuple(scores.shape)}"
-        )
-    B, K = scores.shape
-    valid = torch.ones(B, K, dtype=torch.bool, device=boxes.device) if valid is None else valid.bool()
-    if K == 0 or B == 0:
-        return valid.clone()
-    chunk = max(1, (1 << 26) // (K * K))
-    if B > chunk:
-        return torch.cat(
-            [
-                batched_nms(
-                    boxes[i : i + chunk],
-                    scores[i : i + chunk],
-                    iou_threshold,
-                    None if labels is None else labels[i : i + chunk],
-                    valid[i : i + chunk],
-                )
-                for i in range(0, B, chunk)
-            ]
-        )
-    order = torch.sort(scores.masked_fill(~valid, -math.inf), dim=1, descending=True, stable=True).indices
-    sb = torch.gather(boxes, 1, order[..., None].expand(B, K, 4))
-    overlap = box_iou(sb, sb) > iou_threshold  # (B, K, K), rows and columns in rank order
-    if labels is not None:
-        sl = torch.gather(labels, 1, order)
-        overlap &= sl[:, :, None] == sl[:, None, :]
-    overlap &= torch.ones(K, K, dtype=torch.bool, device=boxes.device).triu(1)  # j suppresses only i > j
-    sv = torch.gather(valid, 1, order)
-    overlap &= sv[:, :, None]  # padding suppresses nothing
-    keep = sv.clone()
-    for _ in range(K):
-        new = sv & ~(overlap & keep[:, :, None]).any(1)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    out = torch.zeros_like(keep)
-    out.scatter_(1, order, keep)
-    return out
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -> torch.Tensor:
-    """Indices of the boxes ``(K, 4)`` kept by greedy NMS, highest score first (torchvision's contract)."""
-    keep = batched_nms(boxes[None], scores[None], iou_threshold)[0]
-    idx = keep.nonzero().flatten()
-    return idx[torch.argsort(scores[idx], descending=True, stable=True)]
-
-
-# -- box coding and target assignment ----------------------------------------------------------------------
-
-
-def grid_points(height: int, width: int, stride: int, device=None) -> torch.Tensor:
-    """Centres of the grid cells, ``(height * width, 2)`` as ``(x, y)`` pixels, row-major."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-    )
-    return (torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * stride
-
-
-def encode_ltrb(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Distances ``(..., 4)`` from points ``(..., 2)`` to the left, top, right and bottom edges of boxes."""
-    return torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], -1)
-
-
-def decode_ltrb(points: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
-    """Boxes ``(..., 4)`` from points ``(..., 2)`` and their edge distances ``(..., 4)``."""
-    return torch.cat([points - distances[..., :2], points + distances[..., 2:]], -1)
 
 
 def assign_targets(points: torch.Tensor, gt_boxes: Sequence[torch.Tensor], stride: int):
@@ -437,106 +199,6 @@ def decode_detections(
             kept = (weights @ tb[i, cand]) / weights.sum(1, keepdim=True)  # each survivor votes for itself
         out.append({"boxes": kept.cpu(), "scores": top[i, sel].cpu()})
     return out
-
-
-def order_lines(boxes: torch.Tensor) -> torch.Tensor:
-    """Reading order of line boxes ``(K, 4)``: top to bottom; lines sharing a row (vertical overlap of more
-    than half the lower height) left to right. Returns the permutation."""
-    k = boxes.shape[0]
-    if k == 0:
-        return torch.zeros(0, dtype=torch.long)
-    cy = (boxes[:, 1] + boxes[:, 3]) / 2
-    order = torch.argsort(cy, stable=True).tolist()
-    rows: list[list[int]] = []
-    for i in order:
-        if rows:
-            j = rows[-1][0]
-            overlap = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
-            if overlap > 0.5 * min(boxes[i, 3] - boxes[i, 1], boxes[j, 3] - boxes[j, 1]):
-                rows[-1].append(i)
-                continue
-        rows.append([i])
-    return torch.tensor([i for row in rows for i in sorted(row, key=lambda t: float(boxes[t, 0]))])
-
-
-# -- data ---------------------------------------------------------------------------------------------------
-
-
-class DetectionDataset(Dataset):
-    """Pages letterboxed to ``size`` with their boxes, optionally augmented first (:class:`DetectionAugment`).
-
-    ``pages``: a list of :class:`~dawnet.ocr.data.PageRecord`, a COCO JSON or a YOLO folder (as
-    :class:`~dawnet.ocr.data.PageDataset`). Augmentation of item ``i`` in epoch ``e`` is seeded by
-    ``(seed, e, i)``, so runs reproduce; call :meth:`set_epoch`. Items have the keys of ``PageDataset``
-    (``image, boxes, labels, texts, scale, offset, source``) plus ``page_size``.
-    """
-
-    def __init__(self, pages, size: int = 640, augment: DetectionAugment | None = None, seed: int = 0):
-        if isinstance(pages, (str, bytes)) or hasattr(pages, "__fspath__"):
-            from pathlib import Path
-
-            from dawnet.ocr.data.formats import read_coco, read_yolo
-
-            p = Path(pages)
-            pages = read_coco(p) if p.suffix == ".json" else read_yolo(p)
-        self.pages = list(pages)
-        if not self.pages:
-            raise ValueError("DetectionDataset got no pages")
-        if size % 32:
-            raise ValueError(f"size must be a multiple of 32, got {size}")
-        self.size, self.augment, self.seed, self.epoch = size, augment, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.pages)
-
-    def __getitem__(self, index: int) -> dict:
-        p = self.pages[index]
-        im = p.load()
-        boxes = np.asarray(p.boxes, dtype=np.float32).reshape(-1, 4)
-        texts = list(p.texts) if p.texts else [""] * len(boxes)
-        labels = list(p.classes) if p.classes else [0] * len(boxes)
-        if self.augment is not None:
-            im, boxes, keep = self.augment(im, boxes, np.random.default_rng([self.seed, self.epoch, index]))
-            texts, labels = [texts[k] for k in keep], [labels[k] for k in keep]
-        canvas, lb = letterbox(im, self.size)
-        return {
-            "image": canvas,
-            "boxes": letterbox_boxes(boxes, lb),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "texts": texts,
-            "scale": lb.scale,
-            "offset": lb.offset,
-            "page_size": lb.page_size,
-            "source": p.source or p.path,
-        }
-
-
-def collate_detection(items: list[dict]) -> dict:
-    """Stack pages; boxes, labels and texts stay per-page lists (pages differ in their number of lines)."""
-    if not items:
-        raise ValueError("cannot collate an empty batch")
-    return {
-        "images": torch.stack([it["image"] for it in items]),
-        "boxes": [it["boxes"] for it in items],
-        "labels": [it["labels"] for it in items],
-        "texts": [it["texts"] for it in items],
-        "scales": torch.tensor([it["scale"] for it in items]),
-        "offsets": torch.tensor([it["offset"] for it in items], dtype=torch.float32),
-        "page_sizes": [it.get("page_size") for it in items],
-        "sources": [it["source"] for it in items],
-    }
-
-
-def detection_loader(
-    dataset: Dataset, batch_size: int = 8, shuffle: bool = False, workers: int = 0
-) -> DataLoader:
-    """A DataLoader of page batches (:func:`collate_detection`)."""
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate_detection
-    )
 
 
 # -- the agent ----------------------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ Levenshtein distances from rapidfuzz (characters for CER/NED, whitespace-separat
   matched in the optimal (order-preserving) word alignment.
 - ``one_minus_ned`` = 1 - mean over lines of ``edits / max(len(ref), len(hyp))`` (ICDAR 2019 ReCTS/LSVT/ArT).
 - ``detection_map`` = COCO mAP@[.5:.95] and mAP@.5 for boxes, computed by ``pycocotools.COCOeval``.
+
+Every function takes ``(refs, hyps)``. ``cer_counts``/``wer_counts``/``line_accuracy_counts`` give the
+``(total, count)`` sums behind the rates, so batches and DDP ranks add up exactly; ``batch_cer``,
+``batch_wer`` and ``batch_line_accuracy`` are the same sums in the :class:`dawnet.Agent` metric protocol
+``(predictions, targets) -> (total, count)`` that the recognizer agents validate with.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import asdict, dataclass
 from rapidfuzz.distance import Levenshtein
 
 __all__ = ["Normalization", "cer", "wer", "line_accuracy", "word_accuracy", "one_minus_ned", "text_metrics",
+           "cer_counts", "wer_counts", "line_accuracy_counts", "batch_cer", "batch_wer", "batch_line_accuracy",
            "detection_map"]
 
 
@@ -83,31 +89,69 @@ def _pairs(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None)
     return [norm(r) for r in refs], [norm(h) for h in hyps]
 
 
+def cer_counts(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None = None) -> tuple[int, int]:
+    """``(character edits, reference characters)`` summed over the lines."""
+    refs, hyps = _pairs(refs, hyps, norm)
+    return sum(Levenshtein.distance(r, h) for r, h in zip(refs, hyps)), sum(len(r) for r in refs)
+
+
+def wer_counts(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None = None) -> tuple[int, int]:
+    """``(word edits, reference words)`` summed over the lines (words = whitespace-separated)."""
+    refs, hyps = _pairs(refs, hyps, norm)
+    rw, hw = [r.split() for r in refs], [h.split() for h in hyps]
+    return sum(Levenshtein.distance(r, h) for r, h in zip(rw, hw)), sum(len(r) for r in rw)
+
+
+def line_accuracy_counts(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None = None
+                         ) -> tuple[int, int]:
+    """``(lines read exactly, lines)``."""
+    refs, hyps = _pairs(refs, hyps, norm)
+    return sum(r == h for r, h in zip(refs, hyps)), len(refs)
+
+
 def cer(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None = None) -> float:
     """Character error rate: sum of edit distances / sum of reference lengths."""
-    refs, hyps = _pairs(refs, hyps, norm)
-    total = sum(len(r) for r in refs)
+    edits, total = cer_counts(refs, hyps, norm)
     if total == 0:
         raise ValueError("references hold no characters after normalization: CER is undefined")
-    return sum(Levenshtein.distance(r, h) for r, h in zip(refs, hyps)) / total
+    return edits / total
 
 
 def wer(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None = None) -> float:
     """Word error rate: word-level edit distances / reference words (words = whitespace-separated)."""
-    refs, hyps = _pairs(refs, hyps, norm)
-    rw, hw = [r.split() for r in refs], [h.split() for h in hyps]
-    total = sum(len(r) for r in rw)
+    edits, total = wer_counts(refs, hyps, norm)
     if total == 0:
         raise ValueError("references hold no words after normalization: WER is undefined")
-    return sum(Levenshtein.distance(r, h) for r, h in zip(rw, hw)) / total
+    return edits / total
 
 
 def line_accuracy(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None = None) -> float:
     """Fraction of lines whose normalized hypothesis equals the normalized reference."""
-    refs, hyps = _pairs(refs, hyps, norm)
-    if not refs:
+    exact, total = line_accuracy_counts(refs, hyps, norm)
+    if not total:
         raise ValueError("no lines to score")
-    return sum(r == h for r, h in zip(refs, hyps)) / len(refs)
+    return exact / total
+
+
+def _target_texts(targets) -> list[str]:
+    """The reference texts of an Agent batch's targets: a list of texts or anything with ``.texts``."""
+    return list(getattr(targets, "texts", targets))
+
+
+def batch_cer(predictions: Sequence[str], targets) -> tuple[int, int]:
+    """Agent metric ``(predictions, targets)``: :func:`cer_counts` of one batch (targets: texts or
+    :class:`~dawnet.ocr.agents.LineTargets`)."""
+    return cer_counts(_target_texts(targets), list(predictions))
+
+
+def batch_wer(predictions: Sequence[str], targets) -> tuple[int, int]:
+    """Agent metric ``(predictions, targets)``: :func:`wer_counts` of one batch."""
+    return wer_counts(_target_texts(targets), list(predictions))
+
+
+def batch_line_accuracy(predictions: Sequence[str], targets) -> tuple[int, int]:
+    """Agent metric ``(predictions, targets)``: :func:`line_accuracy_counts` of one batch."""
+    return line_accuracy_counts(_target_texts(targets), list(predictions))
 
 
 def word_accuracy(refs: Sequence[str], hyps: Sequence[str], norm: Normalization | None = None) -> float:

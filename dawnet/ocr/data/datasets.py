@@ -10,6 +10,9 @@ Line batches (``collate_lines``), the contract recognizers consume::
     targets         (sum of lengths,) long: concatenated charset ids 1..n (CTC layout), if a charset is given
     target_lengths  (N,) long, if a charset is given
     sources         list[str]: where each line came from (file:line), for error analysis
+    blank           list[bool]: the line's image holds no ink (:func:`dawnet.images.is_blank`, on the image as
+                    read, before augmentation): a line read wrongly or an empty crop, to count and report,
+                    never to score silently
 
 Page batches (``collate_pages``): ``images (N, 1, S, S)`` (same polarity, letterboxed to S with zero
 padding), ``boxes`` list of ``(K_i, 4)`` float ``x0, y0, x1, y1`` in the letterboxed image, ``labels``
@@ -27,6 +30,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset, Sampler
 
+from dawnet.images import ImageError, image_size, is_blank, to_gray
 from dawnet.ocr.charset import Charset, UnknownCharacterError, normalize
 from dawnet.ocr.data.formats.records import FormatError, LineRecord, LineSet, PageRecord
 
@@ -35,8 +39,12 @@ __all__ = ["LineDataset", "SyntheticLineDataset", "PageDataset", "LineAugment", 
 
 
 def to_tensor(image: Image.Image, height: int, max_width: int | None = None) -> torch.Tensor:
-    """Grayscale image -> ``(1, height, W)`` float tensor, ink bright; aspect kept (``W`` capped at ``max_width``)."""
-    image = image.convert("L")
+    """Grayscale image -> ``(1, height, W)`` float tensor, ink bright; aspect kept (``W`` capped at ``max_width``).
+
+    Another mode is converted by :func:`dawnet.images.to_gray` (16-bit scaled, transparency over white).
+    """
+    if image.mode != "L":
+        image = to_gray(image)
     w = max(1, round(image.width * height / max(1, image.height)))
     if max_width is not None and w > max_width:
         w = max_width  # squeezed: rare, and better than cutting text off
@@ -58,7 +66,8 @@ class LineAugment:
         self.p, self.shear, self.noise = p, shear, noise
 
     def __call__(self, im: Image.Image, rng: np.random.Generator) -> Image.Image:
-        im = im.convert("L")
+        if im.mode != "L":
+            im = to_gray(im)
         r = rng.random(6)
         if r[0] < self.p:
             s = rng.uniform(-self.shear, self.shear)
@@ -104,7 +113,8 @@ class LineDataset(Dataset):
         max_width: cap on the output width (wider lines are squeezed, never cut).
 
     Items are dicts: ``image (1, H, W)`` (see the module docstring for the polarity), ``width``,
-    ``text``, ``target`` (list of ids, when a charset is given), ``source``.
+    ``text``, ``target`` (list of ids, when a charset is given), ``source``, ``blank`` (the image as read
+    holds no ink; :meth:`blank_lines` lists them all).
     """
 
     def __init__(self, records, height: int = 32, charset: Charset | None = None, augment=None,
@@ -145,10 +155,11 @@ class LineDataset(Dataset):
                     w, h = r.box[2] - r.box[0], r.box[3] - r.box[1]
                 elif r.lmdb_key is None:
                     try:
-                        with Image.open(r.path) as im:
-                            w, h = im.size
-                    except OSError as e:
-                        raise FormatError(f"{r.source or r.path}: unreadable image {r.path}: {e}") from None
+                        w, h = image_size(r.path)  # as load() gives it: EXIF rotation applied
+                    except FileNotFoundError:
+                        raise FormatError(f"{r.source or r.path}: image not found: {r.path}") from None
+                    except ImageError as e:
+                        raise FormatError(f"{r.source or r.path}: unreadable image {r.path}: {e.reason}") from None
                 else:
                     w, h = r.load().size
                 ow = max(1, round(w * self.height / max(1, h)))
@@ -156,12 +167,21 @@ class LineDataset(Dataset):
             self._widths = ws
         return self._widths
 
+    def blank_lines(self) -> list[str]:
+        """The sources of the lines whose image holds no ink (:func:`dawnet.images.is_blank`), in order.
+
+        Reads every image: for a count before evaluating or training; each item also carries ``blank``.
+        """
+        return [r.source or r.path for r in self.records if is_blank(r.load())]
+
     def __getitem__(self, index: int) -> dict:
         r = self.records[index]
         im = r.load()
+        blank = is_blank(im)
         if self.augment is not None:
             im = self.augment(im, np.random.default_rng([self.seed, self.epoch, index]))
-        item = {"image": to_tensor(im, self.height, self.max_width), "text": r.text, "source": r.source}
+        item = {"image": to_tensor(im, self.height, self.max_width), "text": r.text, "source": r.source,
+                "blank": blank}
         item["width"] = item["image"].shape[-1]
         if self.charset is not None:
             item["target"] = self.charset.encode(r.text, unknown=self.unknown)
@@ -205,7 +225,7 @@ class SyntheticLineDataset(Dataset):
         if self.augment is not None:
             im = self.augment(im, np.random.default_rng([self.gen.spec.seed, 1 + self.epoch, index]))
         item = {"image": to_tensor(im, self.height, self.max_width), "text": normalize(line.text),
-                "source": f"{self.gen.spec.name}/{self.split}/{k}"}
+                "source": f"{self.gen.spec.name}/{self.split}/{k}", "blank": is_blank(line.image)}
         item["width"] = item["image"].shape[-1]
         if self.charset is not None:
             item["target"] = self.charset.encode(line.text, unknown=self.unknown)
@@ -229,7 +249,8 @@ def collate_lines(items: list[dict], pad_to_multiple: int = 1) -> dict:
         images[i, :, :, :widths[i]] = it["image"]
         mask[i, :widths[i]] = True
     batch = {"images": images, "widths": torch.tensor(widths, dtype=torch.long), "mask": mask,
-             "texts": [it["text"] for it in items], "sources": [it.get("source", "") for it in items]}
+             "texts": [it["text"] for it in items], "sources": [it.get("source", "") for it in items],
+             "blank": [bool(it.get("blank", False)) for it in items]}
     if all("target" in it for it in items):
         batch["targets"] = torch.tensor([t for it in items for t in it["target"]], dtype=torch.long)
         batch["target_lengths"] = torch.tensor([len(it["target"]) for it in items], dtype=torch.long)

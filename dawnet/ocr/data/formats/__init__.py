@@ -57,7 +57,9 @@ def read_lines(path: str | os.PathLike, format: str = "auto", on_error: str = "r
         elif not p.exists():
             raise FileNotFoundError(f"line data not found: {p}")
         else:
-            raise ValueError(f"cannot tell the format of {p}; pass format= one of {LINE_FORMATS}")
+            raise ValueError(f"cannot tell the format of {p}: give a folder of png + gt.txt, a .tsv, an IAM "
+                             "lines.txt, a PAGE/ALTO .xml or an LMDB folder (or name the format: read_lines(..., "
+                             f"format=) takes one of {', '.join(LINE_FORMATS)})")
     readers = {"folder": read_folder, "tsv": read_tsv, "iam": read_iam_lines, "page": read_page_xml,
                "alto": read_alto, "lmdb": read_lmdb}
     if format not in readers:

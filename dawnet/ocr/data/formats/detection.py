@@ -13,14 +13,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from dawnet.atomic import atomic_write_text
+from dawnet.images import ImageError, image_size
 from dawnet.ocr.data.formats.lines import IMAGE_SUFFIXES
-from dawnet.ocr.data.formats.records import (
-    FormatError,
-    PageRecord,
-    Problems,
-    atomic_write_text,
-    open_header,
-)
+from dawnet.ocr.data.formats.records import FormatError, PageRecord, Problems, open_header
 
 __all__ = ["write_yolo_labels", "read_yolo", "write_coco", "read_coco", "CLASSES", "coco_dict"]
 
@@ -45,9 +41,9 @@ def write_yolo_labels(page: PageRecord, labels_dir: str | os.PathLike, texts_dir
 
 def read_yolo(root: str | os.PathLike, on_error: str = "raise", check_images: bool = True) -> list[PageRecord]:
     """Pages of a YOLO folder (``images/``, ``labels/``, optional ``texts/``); an image without a label
-    file has no boxes (the YOLO convention). Bad rows are errors naming the file and line."""
-    from PIL import Image
-
+    file has no boxes (the YOLO convention). Bad rows are errors naming the file and line. Each image's
+    header is read for its size (EXIF rotation applied, as the labels are), so an unreadable image is a
+    problem whatever ``check_images`` says."""
     root = Path(root)
     images_dir, labels_dir, texts_dir = root / "images", root / "labels", root / "texts"
     if not images_dir.is_dir():
@@ -55,11 +51,11 @@ def read_yolo(root: str | os.PathLike, on_error: str = "raise", check_images: bo
     problems = Problems(on_error)
     pages = []
     for img in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        if check_images and (why := open_header(str(img))):
-            problems(str(img), why)
+        try:
+            width, height = image_size(img)
+        except ImageError as e:
+            problems(str(img), f"unreadable image: {e.reason}")
             continue
-        with Image.open(img) as im:
-            width, height = im.size
         page = PageRecord(path=str(img), width=width, height=height, source=str(img))
         label = labels_dir / f"{img.stem}.txt"
         ok = True

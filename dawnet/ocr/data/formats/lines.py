@@ -8,16 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from dawnet.atomic import atomic_write_text
 from dawnet.ocr.charset import normalize
-from dawnet.ocr.data.formats.records import (
-    FormatError,
-    LineRecord,
-    LineSet,
-    Problems,
-    atomic_write_text,
-    open_header,
-    save_image,
-)
+from dawnet.ocr.data.formats.records import FormatError, LineRecord, LineSet, Problems, open_header, save_image
 
 __all__ = ["read_folder", "read_tsv", "read_iam_lines", "write_folder", "write_tsv", "IMAGE_SUFFIXES"]
 

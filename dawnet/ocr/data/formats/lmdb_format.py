@@ -11,10 +11,19 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from dawnet.images import ImageError, image_size
 from dawnet.ocr.charset import normalize
-from dawnet.ocr.data.formats.records import FormatError, LineRecord, LineSet, Problems, close_lmdb_env, lmdb_env
+from dawnet.ocr.data.formats.records import (
+    FormatError,
+    LineRecord,
+    LineSet,
+    Problems,
+    close_lmdb_env,
+    lmdb_env,
+    lmdb_problem,
+)
 
 __all__ = ["read_lmdb", "write_lmdb"]
 
@@ -28,14 +37,26 @@ def _lmdb():
 
 
 def read_lmdb(path: str | os.PathLike, on_error: str = "raise", check_images: bool = True) -> LineSet:
-    """Records of an LMDB folder; images stay in the database and are read on ``record.load()``."""
-    _lmdb()
+    """Records of an LMDB folder; images stay in the database and are read on ``record.load()``.
+
+    A ``data.mdb`` that is not an LMDB database (or is damaged) raises :class:`FormatError` naming it.
+    """
+    lmdb = _lmdb()
     path = str(path)
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "data.mdb")):
         raise FileNotFoundError(f"no LMDB at {path} (expected a folder with data.mdb)")
     problems = Problems(on_error)
-    records = []
     env = lmdb_env(path)
+    try:
+        records = _records(env, path, problems, check_images)
+    except lmdb.Error as e:
+        close_lmdb_env(path)
+        raise FormatError(lmdb_problem(path, e)) from None
+    return LineSet(records, problems.skipped, source=path)
+
+
+def _records(env, path: str, problems: Problems, check_images: bool) -> list[LineRecord]:
+    records = []
     with env.begin() as txn:  # the environment stays open for record.load()
         raw = txn.get(b"num-samples")
         try:
@@ -64,12 +85,12 @@ def read_lmdb(path: str | os.PathLike, on_error: str = "raise", check_images: bo
                 continue
             if check_images:
                 try:
-                    Image.open(io.BytesIO(data)).size  # noqa: B018 - header check
-                except (UnidentifiedImageError, OSError) as e:
-                    problems(where, f"unreadable image: {e}")
+                    image_size(data, name=f"{path}[image-{i:09d}]")  # the header alone
+                except ImageError as e:
+                    problems(where, f"unreadable image: {e.reason}")
                     continue
             records.append(LineRecord(text=text, path=path, lmdb_key=f"image-{i:09d}", source=where))
-    return LineSet(records, problems.skipped, source=path)
+    return records
 
 
 def write_lmdb(samples: Iterable[tuple[Image.Image, str]], path: str | os.PathLike,

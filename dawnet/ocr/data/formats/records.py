@@ -1,18 +1,20 @@
-"""The records every reader returns, the error they raise, and atomic file writes."""
+"""The records every reader returns and the error they raise; line and page images load through
+:func:`dawnet.images.load_image`, so a 16-bit scan or an RGBA line reads as it shows."""
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
-__all__ = ["FormatError", "LineRecord", "LineSet", "PageRecord", "Problems", "atomic_write_bytes",
-           "atomic_write_text", "save_image", "check_on_error"]
+from dawnet.atomic import atomic_write_bytes, atomic_write_text
+from dawnet.images import ImageError, image_size, load_image
+
+__all__ = ["FormatError", "LineRecord", "LineSet", "PageRecord", "Problems", "save_image", "check_on_error",
+           "atomic_write_bytes", "atomic_write_text"]  # the last two are dawnet.atomic's, kept for old imports
 
 
 class FormatError(ValueError):
@@ -34,7 +36,8 @@ class Problems:
 
     def __call__(self, where: str, why: str) -> None:
         if self.on_error == "raise":
-            raise FormatError(f"{where}: {why} (pass on_error='skip' to skip such entries and count them)")
+            raise FormatError(f"{where}: {why}; fix or remove the entry (reading with on_error='skip' skips "
+                              "such entries and counts them)")
         self.skipped.append((where, why))
 
 
@@ -49,8 +52,19 @@ def lmdb_env(path: str):
     if env is None:
         import lmdb
 
-        env = _LMDB_ENVS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+        try:
+            env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+        except lmdb.Error as e:
+            raise FormatError(lmdb_problem(path, e)) from None
+        _LMDB_ENVS[key] = env
     return env
+
+
+def lmdb_problem(path: str, error: Exception) -> str:
+    """The one-line message for an ``lmdb.Error`` on the LMDB folder ``path``."""
+    reason = str(error).split(": ", 1)[-1].strip() or type(error).__name__
+    return (f"{os.path.join(path, 'data.mdb')} is not a readable LMDB database ({reason}); rebuild it with "
+            "write_lmdb, or move data.mdb away so the folder is read as image files")
 
 
 def close_lmdb_env(path: str) -> None:
@@ -60,8 +74,13 @@ def close_lmdb_env(path: str) -> None:
 
 
 def _lmdb_get(path: str, key: str) -> bytes:
-    with lmdb_env(path).begin() as txn:
-        data = txn.get(key.encode())
+    import lmdb
+
+    try:
+        with lmdb_env(path).begin() as txn:
+            data = txn.get(key.encode())
+    except lmdb.Error as e:
+        raise FormatError(lmdb_problem(path, e)) from None
     if data is None:
         raise FormatError(f"{path}: key {key} is missing from the LMDB")
     return data
@@ -86,19 +105,16 @@ class LineRecord:
     meta: dict = field(default_factory=dict)
 
     def load(self) -> Image.Image:
-        """The line image in grayscale (``L``); a page-level line is cropped, outside its polygon set to white."""
+        """The line image in 8-bit grey (``L``, read by :func:`dawnet.images.load_image`); a page-level line is
+        cropped, outside its polygon set to white."""
+        where = f"{self.path}[{self.lmdb_key}]" if self.lmdb_key else self.path
         try:
-            if self.lmdb_key is not None:
-                im = Image.open(io.BytesIO(_lmdb_get(self.path, self.lmdb_key)))
-            else:
-                im = Image.open(self.path)
-            im.load()
+            im = load_image(_lmdb_get(self.path, self.lmdb_key) if self.lmdb_key is not None else self.path,
+                            name=where)
         except FileNotFoundError:
             raise FormatError(f"{self.source or self.path}: image not found: {self.path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            where = f"{self.path}[{self.lmdb_key}]" if self.lmdb_key else self.path
-            raise FormatError(f"{self.source or where}: unreadable image {where}: {e}") from None
-        im = im.convert("L")
+        except ImageError as e:
+            raise FormatError(f"{self.source or where}: unreadable image {where}: {e.reason}") from None
         if self.polygon is not None:
             xs, ys = [p[0] for p in self.polygon], [p[1] for p in self.polygon]
             box = (int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1)
@@ -158,33 +174,13 @@ class PageRecord:
     source: str = ""
 
     def load(self) -> Image.Image:
+        """The page image in 8-bit grey (``L``, read by :func:`dawnet.images.load_image`)."""
         try:
-            im = Image.open(self.path)
-            im.load()
+            return load_image(self.path)
         except FileNotFoundError:
             raise FormatError(f"{self.source or self.path}: image not found: {self.path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise FormatError(f"{self.source or self.path}: unreadable image {self.path}: {e}") from None
-        return im.convert("L")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+        except ImageError as e:
+            raise FormatError(f"{self.source or self.path}: unreadable image {self.path}: {e.reason}") from None
 
 
 def save_image(image: Image.Image, path: str | os.PathLike) -> bytes:
@@ -199,10 +195,9 @@ def save_image(image: Image.Image, path: str | os.PathLike) -> bytes:
 def open_header(path: str) -> str | None:
     """None if ``path`` opens as an image (header only, cheap), else the reason it does not."""
     try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - reading the header is the check
+        image_size(path)
         return None
     except FileNotFoundError:
         return "image not found"
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        return f"unreadable image: {e}"
+    except ImageError as e:
+        return f"unreadable image: {e.reason}"

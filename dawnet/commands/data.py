@@ -51,6 +51,23 @@ def register(subparsers) -> None:
     v.add_argument("--json", action="store_true", help="Print a JSON summary instead of text.")
     v.set_defaults(func=run_verify)
 
+    f = sub.add_parser("fonts", help="Fetch, verify or summarize the pinned handwriting font pool (v2 specs).",
+                       description="The pool behind hw-lines-v2 and pages-v2: the Debian handwriting fonts plus "
+                                   "Google Fonts' handwriting category as Fontsource packages it on the npm "
+                                   "registry, pinned by dawnet/ocr/data/fonts-lock.json. Without options: check "
+                                   "the cache against the lock and summarize the pool. Set-up runs --fetch.")
+    f.add_argument("--fetch", action="store_true",
+                   help="Download the pinned packages missing from the cache (only the font files used are kept; "
+                        "sha256-checked). Idempotent and quick when cached.")
+    f.add_argument("--update-lock", action="store_true",
+                   help="Rewrite the lock from the registry's current versions and re-apply the exclusion rules "
+                        "(changes the pool: a new data version needs it, a published one never).")
+    f.add_argument("--fonts", default=None, metavar="DIR",
+                   help="Cache folder (default: $DAWNET_FONTS_DIR, else $XDG_CACHE_HOME/dawnet/fonts, else "
+                        "~/.cache/dawnet/fonts).")
+    f.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+    f.set_defaults(func=run_fonts)
+
     ls = sub.add_parser("list", help="List the data specs and their sizes.",
                         description="List the versioned data specs with their sizes, seeds and test fonts.")
     ls.add_argument("--json", action="store_true", help="Print JSON instead of text.")
@@ -127,3 +144,42 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{s.name:12s} {s.kind:7s} train/val/test {sizes:16s} seed {s.seed}  test fonts: {test_fonts}")
         print(f"{'':12s} {s.description}")
     return 0
+
+
+def run_fonts(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from dawnet.ocr.data import fontpool
+
+    try:
+        if args.update_lock:
+            lock = fontpool.update_lock(fonts_dir=args.fonts, progress=not args.json)
+        else:
+            lock = fontpool.load_lock()
+        if args.fetch or args.update_lock:
+            summary = fontpool.fetch(args.fonts, lock, progress=not args.json)
+        else:
+            summary = {"cache": str(fontpool.cache_dir(args.fonts))}
+    except fontpool.FontPoolError as e:
+        raise CommandError(str(e)) from None
+    bad = fontpool.verify_cache(args.fonts, lock)
+    kept = fontpool.pool_families(lock)
+    excluded = Counter(f["rule"] for f in lock["families"] if f.get("excluded"))
+    splits = {s: dict(Counter(f["class"] for f in kept if f["split"] == s)) for s in ("train", "val", "test")}
+    summary.update(bad=bad, families=len(kept), splits=splits, excluded=dict(excluded))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        if "fetched" in summary:
+            print(f"fetched {summary['fetched']} of {summary['packages']} pinned packages "
+                  f"({summary['downloaded_bytes'] / 1e6:.1f} MB) in {summary['seconds']} s")
+        mix = "; ".join(f"{s} {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in sorted(c.items()))})"
+                        for s, c in splits.items())
+        print(f"font pool: {len(kept)} families: {mix}")
+        print("excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(excluded.items())))
+        if bad:
+            print(f"{len(bad)} pinned font files are missing or differ in {summary['cache']}; first: {bad[0]}. "
+                  f"Fix: {fontpool.FETCH_COMMAND}")
+        else:
+            print(f"cache {summary['cache']}: every pinned file matches the lock")
+    return 1 if bad else 0

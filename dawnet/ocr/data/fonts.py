@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["FontInfo", "DEBIAN_HANDWRITING_FONTS", "find_fonts", "font_info", "covered_chars",
-           "fonts_covering", "FONT_DIRS"]
+           "fonts_covering", "FONT_DIRS", "FONT_SUFFIXES", "glyph_measures", "exclusion_reason", "joins_letters",
+           "EXCLUSION_RULES"]
 
 # Debian packages -> font files they install (relative to /usr/share/fonts). Families, not files, are
 # the unit of a font-disjoint split: Comic Neue Bold and Comic Neue Light are one handwriting.
@@ -41,6 +42,7 @@ DEBIAN_HANDWRITING_FONTS: dict[str, list[str]] = {
     "fonts-humor-sans": ["truetype/humor-sans/Humor-Sans.ttf"],
 }
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts")
+FONT_SUFFIXES = (".ttf", ".otf", ".woff")  # what FreeType (via Pillow) and fontTools read (WOFF2 needs brotli)
 _PROBE_PX = 48  # render size for the ink check: big enough that thin strokes leave pixels
 
 
@@ -148,7 +150,7 @@ def covered_chars(path: str, chars: str) -> set[str]:
 
 def find_fonts(fonts_dir: str | os.PathLike | None = None, families: list[str] | None = None,
                probe: str | None = None) -> list[FontInfo]:
-    """Handwriting fonts: the Debian packages' files (default) or every .ttf/.otf under ``fonts_dir``.
+    """Handwriting fonts: the Debian packages' files (default) or every .ttf/.otf/.woff under ``fonts_dir``.
 
     ``families``: keep only these family names (case-insensitive). Raises with the install command
     when nothing is found. Sorted by path, so the order is reproducible. ``probe``: the characters
@@ -158,9 +160,9 @@ def find_fonts(fonts_dir: str | os.PathLike | None = None, families: list[str] |
         root = Path(fonts_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"font folder not found: {root}")
-        paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
+        paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in FONT_SUFFIXES)
         if not paths:
-            raise FileNotFoundError(f"no .ttf/.otf fonts under {root}")
+            raise FileNotFoundError(f"no .ttf/.otf/.woff fonts under {root}")
     else:
         paths = sorted(os.path.join(d, rel) for d in FONT_DIRS for files in DEBIAN_HANDWRITING_FONTS.values()
                        for rel in files if os.path.isfile(os.path.join(d, rel)))
@@ -199,3 +201,126 @@ def fonts_covering(fonts: list[FontInfo], alphabet: str, min_coverage: float = 1
         lines = [f"  {p}: lacks {''.join(sorted(m))!r}" for p, m in dropped.items()]
         warnings.warn("fonts left out for missing glyphs:\n" + "\n".join(lines), stacklevel=2)
     return kept, dropped
+
+
+# -- exclusion rules for the pinned pool (fontpool.update_lock applies them; the lock records the reason) --
+
+_MEASURE_PX = 64
+_CASE_LETTERS = "abdeghnqrt"  # letters whose lowercase and capital shapes differ in every ordinary hand
+_ASCENDERS, _XLETTERS, _DESCENDERS = "bdhkl", "acemnorsuvwxz", "gjpqy"
+# The thresholds of the rules below, stated once (the lock file and the manifest quote them).
+EXCLUSION_RULES = {
+    "coverage": "a character of the text alphabet has no real glyph (cmap + rendered ink unlike .notdef)",
+    "caps": "lowercase drawn as capitals or small caps: ascenders of 'bdhkl' less than 1.12x the height of "
+            "'acemnorsuvwxz', or the median IoU of lowercase vs capital masks of 'abdeghnqrt' (both scaled "
+            "to 24x24) at least 0.72",
+    "pictorial": "pictorial or unreadable at line height: lowercase glyphs at 64 px average more than 3 ink "
+                 "components (outline, inline or hairline letters that fall apart, ornaments, drawings), or ink "
+                 "covers more than 70% of their boxes (solid blobs), or the x-height is under 20% of the "
+                 "ascender-to-descender height (letters shrink to a few pixels on a 32 px line)",
+}
+
+
+def _ink_mask(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
+    """Binary ink of ``text`` cropped to its box (empty array when nothing is drawn)."""
+    a = _render(font, text) > 127
+    rows, cols = np.nonzero(a.any(axis=1))[0], np.nonzero(a.any(axis=0))[0]
+    if rows.size == 0:
+        return np.zeros((0, 0), bool)
+    return a[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _components(mask: np.ndarray) -> int:
+    """Number of 8-connected ink components (small specks under 0.2% of the box ignored)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    h, w = mask.shape
+    n, min_px = 0, max(2, int(0.002 * h * w))
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        stack, size = [(y0, x0)], 0
+        seen[y0, x0] = True
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not seen[yy, xx]:
+                        seen[yy, xx] = True
+                        stack.append((yy, xx))
+        n += size >= min_px
+    return n
+
+
+def _square(mask: np.ndarray, size: int = 24) -> np.ndarray:
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.BILINEAR)) > 127
+
+
+@cache
+def glyph_measures(path: str) -> dict:
+    """The numbers the exclusion rules read (see :data:`EXCLUSION_RULES`), measured at 64 px."""
+    font = ImageFont.truetype(str(path), _MEASURE_PX)
+
+    def top_bottom(chars: str) -> tuple[float, float]:
+        boxes = [font.getbbox(c, anchor="ls") for c in chars]
+        return float(np.median([b[1] for b in boxes])), float(np.median([b[3] for b in boxes]))
+
+    asc_top, _ = top_bottom(_ASCENDERS)
+    x_top, x_bottom = top_bottom(_XLETTERS)
+    _, desc_bottom = top_bottom(_DESCENDERS)
+    x_height = max(1.0, x_bottom - x_top)
+    full = max(1.0, desc_bottom - min(asc_top, x_top))
+    ious = []
+    for c in _CASE_LETTERS:
+        lo, up = _ink_mask(font, c), _ink_mask(font, c.upper())
+        if lo.size == 0 or up.size == 0:
+            continue
+        a, b = _square(lo), _square(up)
+        ious.append(float((a & b).sum() / max(1, (a | b).sum())))
+    comps, cover = [], []
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        m = _ink_mask(font, c)
+        if m.size == 0:
+            continue
+        comps.append(_components(m))
+        cover.append(float(m.mean()))
+    return {"ascender_ratio": round((x_bottom - asc_top) / x_height, 3),
+            "case_iou": round(float(np.median(ious)) if ious else 1.0, 3),
+            "components": round(float(np.mean(comps)) if comps else 0.0, 3),
+            "coverage": round(float(np.mean(cover)) if cover else 0.0, 3),
+            "x_height_ratio": round(x_height / full, 3)}
+
+
+def exclusion_reason(path: str, alphabet: str | None = None) -> tuple[str, str] | None:
+    """``(rule, reason)`` when the font at ``path`` must stay out of the pool (:data:`EXCLUSION_RULES`),
+    else None. ``alphabet``: the characters it must draw (default: the synthetic text alphabet)."""
+    if alphabet is None:
+        from dawnet.ocr.data.text import TEXT_ALPHABET
+
+        alphabet = TEXT_ALPHABET + "0123456789"
+    missing = font_info(str(path), probe="".join(sorted(set(alphabet)))).missing(alphabet)
+    if missing:
+        return "coverage", f"does not draw {''.join(sorted(missing))!r}"
+    m = glyph_measures(str(path))
+    if m["ascender_ratio"] < 1.12:
+        return "caps", f"lowercase drawn as capitals or small caps (ascender ratio {m['ascender_ratio']} < 1.12)"
+    if m["case_iou"] >= 0.72:
+        return "caps", f"lowercase drawn as capitals (lowercase/capital mask IoU {m['case_iou']} >= 0.72)"
+    if m["components"] > 3.0:
+        return "pictorial", (f"outline, hairline or ornamented letters that fall apart at line height "
+                             f"({m['components']} ink components per glyph > 3)")
+    if m["coverage"] > 0.70:
+        return "pictorial", f"solid letters that close up at line height (ink covers {m['coverage']:.0%} > 70%)"
+    if m["x_height_ratio"] < 0.20:
+        return "pictorial", (f"unreadable at line height (x-height {m['x_height_ratio']:.0%} of the "
+                             "ascender-to-descender height < 20%)")
+    return None
+
+
+@cache
+def joins_letters(path: str) -> bool:
+    """Whether the font joins its letters (a cursive or script hand): ``"nmunmu"`` set as one word
+    renders as at most 3 ink components."""
+    font = ImageFont.truetype(str(path), _MEASURE_PX)
+    return _components(_ink_mask(font, "nmunmu")) <= 3

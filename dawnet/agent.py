@@ -20,34 +20,27 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import inspect
 import math
-import random
 import time
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-import dawnet
 from dawnet import parallel
+from dawnet.agent_state import AgentSnapshot, agent_from_state, agent_state, load_agent_state, register_agent_class
 from dawnet.callbacks import Callback
-from dawnet.checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from dawnet.checkpoint import load_checkpoint, save_checkpoint
 from dawnet.history import History
 from dawnet.inputs import ImageInput
-from dawnet.metrics import batch_value, metric_names, resolve_metrics
-from dawnet.registry import build_model, check_json_spec, model_spec
+from dawnet.metrics import batch_value, resolve_metrics
 from dawnet.sampling import epoch_loader, eval_loader, num_batches
 
-__all__ = ["Agent", "NonFiniteLossError", "LossError"]
-
-_AGENT_CLASSES: dict[str, type] = {}  # "module.QualName" -> Agent subclass, filled as subclasses are defined
+__all__ = ["Agent", "AgentSnapshot", "EvaluationState", "NonFiniteLossError", "LossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,6 +49,28 @@ class NonFiniteLossError(FloatingPointError):
 
 class LossError(ValueError):
     """The loss could not be computed from the model's output and the targets."""
+
+
+class EvaluationState:
+    """What one ``Agent.evaluate`` accumulates: ``totals`` (name -> ``[total, count]``), ``batches``, ``samples``.
+
+    Agents whose metrics are not sums (detection mAP) keep their own accumulators as extra attributes
+    (``state.preds = []`` in ``evaluation_state``) and turn them into numbers in ``finish_evaluation``.
+    """
+
+    def __init__(self):
+        self.totals: dict[str, list[float]] = {}
+        self.batches = 0
+        self.samples = 0
+
+    def add(self, name: str, total: float, count: float) -> None:
+        """Add ``total`` over ``count`` items to the running sum of ``name``."""
+        entry = self.totals.get(name)
+        if entry is None:
+            self.totals[name] = [float(total), float(count)]
+        else:
+            entry[0] += total
+            entry[1] += count
 
 
 class Agent:
@@ -77,11 +92,20 @@ class Agent:
             ``(seed, e)`` only, so it resumes exactly.
         input: an :class:`~dawnet.inputs.ImageInput` saying how raw images become model input for ``infer``.
         train_metrics: also compute the metrics on training batches (costs a ``predict`` per step).
+
+    ``kind`` says what the agent's outputs are (``"generic"`` here; ``"ctc"``, ``"attention"``, ``"detection"``
+    in dawnet's OCR agents), so callers test ``agent.kind`` rather than class names.
     """
+
+    kind: str = "generic"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _AGENT_CLASSES[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        for hook in ("predict", "postprocess"):  # overrides written as hook(self, outputs) still work
+            fn = cls.__dict__.get(hook)
+            if fn is not None and _positional_count(fn) == 2:
+                setattr(cls, hook, _ignore_inputs(fn))
+        register_agent_class(cls)
 
     def __init__(
         self,
@@ -161,8 +185,11 @@ class Agent:
                              "compute_loss()")
         return self.loss(outputs, targets)
 
-    def predict(self, outputs):
-        """What the metrics compare with the targets (e.g. decoded text). Default: the outputs themselves."""
+    def predict(self, outputs, inputs=()):
+        """What the metrics compare with the targets (e.g. decoded text). Default: the outputs themselves.
+
+        ``inputs`` is the tuple :meth:`unpack` gave the model (decoders that need image widths read them here).
+        """
         return outputs
 
     def prepare(self, raw) -> tuple:
@@ -170,9 +197,10 @@ class Agent:
         converter = self.input or ImageInput()
         return (converter(raw),)
 
-    def postprocess(self, outputs):
-        """The answer ``infer`` returns for the model's outputs. Default: the outputs, on the CPU."""
-        return _to_device(outputs, torch.device("cpu"))
+    def postprocess(self, outputs, inputs=()):
+        """The answer ``infer`` returns for the model's outputs (``inputs``: what :meth:`prepare` gave the model).
+        Default: the outputs, on the CPU."""
+        return _to_device(outputs, _CPU)
 
     def config(self) -> dict:
         """JSON-able keyword arguments that rebuild this agent with its model, optimizer and schedule.
@@ -224,10 +252,10 @@ class Agent:
         self._window[1] += 1
         self._window[2] += size
         self.samples += size
-        self._add_total("loss", value * size, size)
+        _add(self._epoch_totals, "loss", value * size, size)
         if self.train_metrics and self.metrics:
             with torch.no_grad():
-                self._update_metrics(self.predict(outputs), targets, size, prefix="")
+                self._update_metrics(self.predict(outputs, inputs), targets, size, self._epoch_totals)
         stats = {"loss": value, "lr": self.lr, "step": self.step, "stepped": False}
         if final:
             stats.update(self._optimizer_step())
@@ -324,6 +352,7 @@ class Agent:
             if self._session_start is not None:
                 self.elapsed += time.perf_counter() - self._session_start
             self._session_start = None
+            self._epoch_len = None  # the epoch's length means nothing outside fit (learn() alone, lr_find)
             self._call("on_fit_end")
         return self.history
 
@@ -347,29 +376,44 @@ class Agent:
     def evaluate(self, data) -> dict:
         """Loss and metrics over ``data``: no gradients, eval mode, the previous mode restored.
 
-        Under DDP each rank evaluates its share and the sums are all-reduced, so every rank returns the same.
+        Runs ``state = evaluation_state()``, ``update_evaluation(state, outputs, targets, inputs)`` per batch and
+        returns ``finish_evaluation(state)``; agents with metrics that are not sums override those three. Under
+        DDP each rank evaluates its share and the sums are all-reduced, so every rank returns the same.
         """
         was_training = self.model.training
         self.model.eval()
-        totals: dict[str, list[float]] = {}
-        batches = 0
+        state = self.evaluation_state()
         try:
             with torch.no_grad(), self._autocast():
                 for batch in eval_loader(data, parallel.rank(), parallel.world_size()):
                     inputs, targets = self.unpack(_to_device(batch, self.device))
                     outputs = _run_model(self._forward_module, inputs)
-                    size = _batch_size(inputs)
-                    batches += 1
-                    if self.loss is not None or type(self).compute_loss is not Agent.compute_loss:
-                        loss = self._loss(outputs, targets)
-                        _add(totals, "loss", float(loss) * size, size)
-                    if self.metrics:
-                        self._update_metrics(self.predict(outputs), targets, size, totals=totals)
+                    state.batches += 1
+                    self.update_evaluation(state, outputs, targets, inputs)
         finally:
             self.model.train(was_training)
-        if batches == 0 and parallel.world_size() == 1:
+        if state.batches == 0 and parallel.world_size() == 1:
             raise ValueError("the evaluation data is empty (0 batches)")
-        return self._reduce_totals(totals)
+        with torch.no_grad():
+            return self.finish_evaluation(state)
+
+    def evaluation_state(self) -> EvaluationState:
+        """A fresh accumulator for one :meth:`evaluate` (override to add attributes such as a prediction list)."""
+        return EvaluationState()
+
+    def update_evaluation(self, state: EvaluationState, outputs, targets, inputs: tuple) -> None:
+        """Add one batch to ``state`` (eval mode, no gradients): the loss times the batch size, and each metric's
+        ``(total, count)``."""
+        size = _batch_size(inputs)
+        state.samples += size
+        if self.loss is not None or type(self).compute_loss is not Agent.compute_loss:
+            state.add("loss", float(self._loss(outputs, targets)) * size, size)
+        if self.metrics:
+            self._update_metrics(self.predict(outputs, inputs), targets, size, state.totals)
+
+    def finish_evaluation(self, state: EvaluationState) -> dict[str, float]:
+        """The results of one :meth:`evaluate`, on every rank: ``{name: total / count}`` summed over DDP ranks."""
+        return self._reduce_totals(state.totals)
 
     @torch.no_grad()
     def infer(self, x):
@@ -386,7 +430,7 @@ class Agent:
                 outputs = _run_model(self._forward_module, inputs)
         finally:
             self.model.train(was_training)
-        return self.postprocess(outputs)
+        return self.postprocess(outputs, inputs)
 
     # -- state and checkpoints ---------------------------------------------------------------------
 
@@ -406,55 +450,22 @@ class Agent:
     def state_dict(self) -> dict:
         """Everything needed to resume or infer, as tensors and plain data (the checkpoint's content).
 
-        Tensors are the live ones (as ``nn.Module.state_dict``): deep-copy the result to keep a snapshot.
+        Tensors are the live ones (as ``nn.Module.state_dict``): deep-copy the result, or use :meth:`snapshot`.
         """
-        spec = model_spec(self.model)
-        if spec is not None:
-            check_json_spec(spec)
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "dawnet_version": dawnet.__version__,
-            "agent": {"class": _qualname(type(self)), "config": self.config()},
-            "model": {"spec": spec, "class": _qualname(type(self.model)), "state_dict": self.model.state_dict()},
-            "optimizer": _optimizer_state(self.optimizer, self.model),
-            "schedule": None if self.schedule is None else {
-                "class": _qualname(type(self.schedule)), "state_dict": _plain(self.schedule.state_dict())},
-            "scaler": None if self._scaler is None else self._scaler.state_dict(),
-            "loss": _loss_spec(self.loss),
-            "metrics": metric_names(self.metrics),
-            "history": self.history.state_dict(),
-            "progress": {
-                "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
-                "samples": self.samples, "elapsed": self.elapsed,
-                "epoch_totals": {k: list(v) for k, v in self._epoch_totals.items()},
-            },
-            "rng": _rng_state(),
-            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks() if hasattr(cb, "state_dict")},
-        }
+        return agent_state(self)
 
     def load_state_dict(self, state: dict, *, restore_rng: bool = True) -> None:
         """Restore a state from :meth:`state_dict` into this agent (weights, optimizer, schedule, progress, RNG)."""
-        if self._micro:
-            raise RuntimeError("cannot load a state in the middle of a gradient-accumulation window")
-        load_model_weights(self.model, state["model"]["state_dict"], source="the checkpoint")
-        self.optimizer.load_state_dict(state["optimizer"]["state_dict"])
-        if self.schedule is not None and state.get("schedule"):
-            self.schedule.load_state_dict(state["schedule"]["state_dict"])
-        if self._scaler is not None and state.get("scaler"):
-            self._scaler.load_state_dict(state["scaler"])
-        self.history.load_state_dict(state["history"])
-        progress = state["progress"]
-        self.epoch, self.step = progress["epoch"], progress["step"]
-        self.batch_in_epoch, self.samples = progress["batch_in_epoch"], progress["samples"]
-        self.elapsed = progress["elapsed"]
-        self._epoch_totals = {k: list(v) for k, v in progress.get("epoch_totals", {}).items()}
-        for key, cb in self._keyed_callbacks():
-            saved = state.get("callbacks", {}).get(key)
-            if saved is not None and hasattr(cb, "load_state_dict"):
-                cb.load_state_dict(saved)
-        if restore_rng:
-            _set_rng_state(state["rng"])
+        load_agent_state(self, state, restore_rng=restore_rng)
+
+    def snapshot(self) -> AgentSnapshot:
+        """An in-memory copy of everything ``learn``/``fit`` change, for :meth:`restore` (e.g. around an LR test)."""
+        return AgentSnapshot(self)
+
+    def restore(self, snapshot: AgentSnapshot) -> None:
+        """Put back exactly what :meth:`snapshot` copied: weights, gradients, modes, optimizer, schedule,
+        callbacks, history, counters and RNG; an unfinished accumulation window is discarded."""
+        snapshot.restore(self)
 
     def save(self, path: str | Path) -> Path | None:
         """Write a checkpoint atomically. Under DDP only rank 0 writes (returns None elsewhere).
@@ -476,32 +487,14 @@ class Agent:
         """Rebuild an agent from a checkpoint: model (from the registry), optimizer, schedule, history, progress.
 
         ``map_location`` is the device to load onto (default: ``"auto"``). Pass ``model=`` to load the weights
-        into a model you built, and ``loss=``/``metrics=`` when the checkpoint could not store yours. Code that
-        the checkpoint names outside dawnet and torch is imported only with ``trust_code=True``.
+        into a model you built, and ``loss=``/``metrics=`` when the checkpoint could not store yours. Nothing the
+        checkpoint names is imported or called unless it is on the allowlist of its role (see
+        :mod:`dawnet.agent_state`); ``trust_code=True`` also allows code outside dawnet and torch.
         """
         state = load_checkpoint(path, map_location="cpu")
-        agent_cls = _agent_class(state["agent"]["class"], cls, trust_code)
-        if model is None:
-            spec = state["model"]["spec"]
-            if spec is None:
-                raise CheckpointError(
-                    f"checkpoint {path} cannot rebuild its model: {state['model']['class']} was not built by a "
-                    "registered constructor. Register it with @dawnet.register_model, or pass model= to Agent.load"
-                )
-            model = build_model(spec, trust_code=trust_code)
-        load_model_weights(parallel.unwrap(model), state["model"]["state_dict"], source=str(path))
-        optimizer = _build_optimizer(state["optimizer"], parallel.unwrap(model), trust_code)
-        schedule = _build_schedule(state["schedule"], optimizer, trust_code, path)
-        if loss is None:
-            loss = _build_loss(state["loss"], path)
-        if metrics is None:
-            metrics = _build_metrics(state["metrics"], path)
-        device = "auto" if map_location is None else map_location
-        agent = agent_cls(model, optimizer, loss=loss, schedule=None, metrics=metrics, device=device,
-                          callbacks=callbacks, **state["agent"]["config"])
-        agent.schedule = schedule
-        agent.load_state_dict(state, restore_rng=restore_rng)
-        return agent
+        return agent_from_state(cls, state, getattr(path, "name", None) or str(path), map_location=map_location,
+                                model=model, loss=loss, metrics=metrics, callbacks=callbacks,
+                                trust_code=trust_code, restore_rng=restore_rng)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -539,16 +532,10 @@ class Agent:
             raise LossError(f"the loss must be a scalar tensor, got {_describe(loss)}; reduce it (e.g. mean)")
         return loss.reshape(())
 
-    def _update_metrics(self, predictions, targets, size: int, prefix: str = "", totals=None) -> None:
+    def _update_metrics(self, predictions, targets, size: int, totals: dict) -> None:
         for name, metric in self.metrics.items():
             total, count = batch_value(metric, predictions, targets, size)
-            if totals is None:
-                self._add_total(f"{prefix}{name}", total, count)
-            else:
-                _add(totals, name, total, count)
-
-    def _add_total(self, name: str, total: float, count: float) -> None:
-        _add(self._epoch_totals, name, total, count)
+            _add(totals, name, total, count)
 
     def _reduce_totals(self, totals: dict[str, list[float]]) -> dict[str, float]:
         names = sorted(totals)
@@ -578,6 +565,8 @@ class Agent:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+_CPU = torch.device("cpu")
 
 
 def _resolve_device(device) -> torch.device:
@@ -690,184 +679,24 @@ def _show_stats(bar, stats: dict, history: History) -> None:
     bar.set_postfix(post, refresh=False)
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _import_qualified(name: str, trust_code: bool, what: str):
-    module_name, _, attr = name.rpartition(".")
-    trusted = module_name.split(".")[0] in ("torch", "dawnet")
-    if not trusted and not trust_code:
-        raise CheckpointError(f"the checkpoint's {what} is {name}, outside dawnet and torch: import "
-                              f"{module_name!r} yourself first, or pass trust_code=True (only for code you trust)")
+def _positional_count(fn) -> int:
     try:
-        obj = importlib.import_module(module_name)
-    except ImportError as e:
-        raise CheckpointError(f"cannot import {module_name!r} for the checkpoint's {what} {name}: {e}") from e
-    if not hasattr(obj, attr):
-        raise CheckpointError(f"{module_name!r} has no {attr!r} (the checkpoint's {what})")
-    return getattr(obj, attr)
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return -1
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return -1
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
-def _agent_class(name: str, requested: type, trust_code: bool) -> type:
-    if name == _qualname(Agent):
-        found = Agent
-    elif name in _AGENT_CLASSES:
-        found = _AGENT_CLASSES[name]
-    else:
-        found = _import_qualified(name, trust_code, "agent class")
-    if not issubclass(found, requested):
-        raise CheckpointError(f"the checkpoint holds a {name}, which is not a {requested.__name__}; load it with "
-                              f"dawnet.Agent.load or {found.__name__}.load")
-    return found
+def _ignore_inputs(fn):
+    """Adapt a ``hook(self, outputs)`` override to the ``hook(self, outputs, inputs)`` the Agent calls."""
+
+    @functools.wraps(fn)
+    def hook(self, outputs, inputs=()):
+        return fn(self, outputs)
+
+    return hook
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-    return {
-        "class": _qualname(type(optimizer)),
-        "defaults": _plain(optimizer.defaults),
-        "groups": [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups],
-        "state_dict": optimizer.state_dict(),
-    }
-
-
-def _build_optimizer(saved: dict, model: nn.Module, trust_code: bool) -> torch.optim.Optimizer:
-    cls = _import_qualified(saved["class"], trust_code, "optimizer")
-    params = dict(model.named_parameters(remove_duplicate=False))
-    try:
-        groups = [{"params": [params[n] for n in names]} for names in saved["groups"]]
-    except KeyError as e:
-        raise CheckpointError(f"the optimizer in the checkpoint refers to parameter {e.args[0]!r}, which the model "
-                              "does not have") from None
-    accepted = inspect.signature(cls.__init__).parameters
-    defaults = {k: v for k, v in saved["defaults"].items() if k in accepted}
-    return cls(groups, **defaults)
-
-
-def _build_schedule(saved: dict | None, optimizer, trust_code: bool, path):
-    if saved is None:
-        return None
-    cls = _import_qualified(saved["class"], trust_code, "LR schedule")
-    state = saved["state_dict"]
-    if cls.__name__ in ("LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler"):
-        raise CheckpointError(f"checkpoint {path}: a {cls.__name__} holds functions or other schedules that cannot "
-                              "be stored; use a serializable schedule (dawnet.training) or rebuild it yourself and "
-                              "call schedule.load_state_dict(state['schedule']['state_dict'])")
-    # The optimizer (already restored) holds the learning rates; the schedule's attributes come from its state,
-    # so building it without __init__ never steps it and the load order does not matter.
-    schedule = cls.__new__(cls)
-    schedule.__dict__.update(state)
-    schedule.optimizer = optimizer
-    _track_optimizer_steps(optimizer)
-    if hasattr(schedule, "_post_load"):
-        schedule._post_load()
-    return schedule
-
-
-def _track_optimizer_steps(optimizer) -> None:
-    """Wrap ``optimizer.step`` as ``LRScheduler.__init__`` does, so torch's step-order check sees the real order."""
-    if hasattr(optimizer.step, "_wrapped_by_lr_sched"):
-        return
-    func, ref = optimizer.step.__func__, weakref.ref(optimizer)
-
-    @functools.wraps(func)
-    def step(*args, **kwargs):
-        opt = ref()
-        opt._opt_called = True
-        return func.__get__(opt, opt.__class__)(*args, **kwargs)
-
-    step._wrapped_by_lr_sched = True
-    optimizer.step = step
-
-
-def _loss_spec(loss) -> dict | None:
-    if loss is None:
-        return None
-    cls = type(loss)
-    if isinstance(loss, nn.Module) and cls.__module__.startswith("torch.nn"):
-        kwargs, tensors = {}, {}
-        for name in inspect.signature(cls.__init__).parameters:
-            if name in ("self", "size_average", "reduce") or not hasattr(loss, name):
-                continue
-            value = getattr(loss, name)
-            if isinstance(value, torch.Tensor):
-                tensors[name] = value.detach().cpu()
-            elif value is None or isinstance(value, (bool, int, float, str)):
-                kwargs[name] = value
-        return {"kind": "module", "class": _qualname(cls), "kwargs": kwargs, "tensors": tensors}
-    if callable(loss) and getattr(loss, "__module__", "").startswith(("torch.nn.functional", "dawnet")):
-        return {"kind": "function", "name": f"{loss.__module__}.{loss.__qualname__}"}
-    named = hasattr(loss, "__qualname__") and not isinstance(loss, nn.Module)
-    return {"kind": "custom", "name": f"{loss.__module__}.{loss.__qualname__}" if named else _qualname(cls)}
-
-
-def _build_loss(spec: dict | None, path):
-    if spec is None:
-        return None
-    if spec["kind"] == "module":
-        cls = _import_qualified(spec["class"], False, "loss")
-        return cls(**spec["kwargs"], **spec["tensors"])
-    if spec["kind"] == "function":
-        return _import_qualified(spec["name"], False, "loss")
-    return _Missing(f"the loss ({spec['name']}) is not stored in checkpoint {path}: pass loss= to Agent.load")
-
-
-def _build_metrics(names: dict, path) -> dict:
-    out = {}
-    for name, stored in names.items():
-        if stored is None:
-            out[name] = _Missing(f"metric {name!r} is not stored in checkpoint {path}: pass metrics= to Agent.load")
-        else:
-            try:
-                out[name] = resolve_metrics({name: stored})[name]
-            except (ValueError, ImportError, AttributeError):
-                out[name] = _Missing(f"metric {name!r} ({stored}) cannot be rebuilt: pass metrics= to Agent.load")
-    return out
-
-
-class _Missing:
-    """Stands in for a loss or metric a checkpoint could not store; calling it explains what to do."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-    def __call__(self, *args, **kwargs):
-        raise ValueError(self.message)
-
-
-def _plain(obj):
-    """Make scheduler/optimizer state weights_only-safe: Counters and other dict/tuple subclasses to plain ones."""
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_plain(v) for v in obj)
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(_tuples(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        cuda_states = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all(cuda_states)
-
-
-def _tuples(obj):
-    return tuple(_tuples(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
+register_agent_class(Agent)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from dawnet.atomic import atomic_save
 
 __all__ = [
     "CheckpointError",
@@ -25,6 +26,7 @@ __all__ = [
     "load_checkpoint",
     "load_model_weights",
     "strip_prefix",
+    "is_plain",
 ]
 
 FORMAT = "dawnet.checkpoint"
@@ -37,20 +39,7 @@ class CheckpointError(RuntimeError):
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return atomic_save(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike | io.BytesIO, map_location=None) -> dict:
@@ -65,35 +54,92 @@ def load_checkpoint(path: str | os.PathLike | io.BytesIO, map_location=None) -> 
         if p.stat().st_size == 0:
             raise CheckpointError(f"checkpoint {name} is empty (0 bytes): it was never written completely; "
                                   "use an earlier checkpoint")
+    _check_archive(path, name)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if isinstance(path, (str, os.PathLike)) and not zipfile.is_zipfile(path):
-            raise CheckpointError(
-                f"{name} is not a readable torch checkpoint (not a zip archive: corrupt, truncated, or another kind "
-                "of file). Use a checkpoint written by Agent.save"
-            ) from None
+        if "weights only" not in str(e).lower():
+            raise _corrupt(path, name, e) from None
         raise CheckpointError(
             f"checkpoint {name} holds objects other than tensors and plain data, which dawnet refuses to "
             f"unpickle (weights_only=True): {_first_line(e)}"
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        size = os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else "?"
-        raise CheckpointError(
-            f"checkpoint {name} ({size} bytes) is truncated or corrupt and cannot be read: {_first_line(e)}. "
-            "Use an earlier checkpoint; dawnet's own saves are atomic, so this file was written or copied "
-            "by something else"
-        ) from None
+    except Exception as e:  # a damaged archive can fail anywhere in torch's reader (IndexError, KeyError, ...)
+        raise _corrupt(path, name, e) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{name} is not a dawnet checkpoint (no format marker). If it is a plain state dict, load it "
             "with model.load_state_dict(torch.load(path, weights_only=True)) and build an Agent around "
             "the model"
         )
-    if state.get("version", 0) > VERSION:
+    version = state.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {name} is damaged: its format version is {version!r}, not a number")
+    if version > VERSION:
         raise CheckpointError(f"checkpoint {name} has format version {state['version']}, newer than this "
                               f"dawnet reads ({VERSION}); upgrade dawnet")
     return state
+
+
+def _check_archive(path, name: str) -> None:
+    """Refuse files that are not zip archives, and archives whose members fail their CRC-32 (torch never checks)."""
+    start = path.tell() if hasattr(path, "tell") else None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile as e:
+        if _starts_like_zip(path):
+            raise _corrupt(path, name, e) from None
+        raise CheckpointError(
+            f"{name} is not a readable torch checkpoint (not a zip archive: corrupt, truncated, or another kind "
+            "of file). Use a checkpoint written by Agent.save"
+        ) from None
+    except Exception as e:  # damaged headers raise struct/zlib/OS/NotImplemented errors from zipfile
+        raise _corrupt(path, name, e) from None
+    finally:
+        if start is not None:
+            path.seek(start)
+    if bad is not None:
+        raise _corrupt(path, name, ValueError(f"member {bad} fails its CRC-32 check"))
+
+
+def _starts_like_zip(path) -> bool:
+    try:
+        if hasattr(path, "read"):
+            start = path.tell()
+            head = path.read(4)
+            path.seek(start)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04"
+
+
+def _corrupt(path, name: str, e: BaseException) -> CheckpointError:
+    size = os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else "?"
+    return CheckpointError(
+        f"checkpoint {name} ({size} bytes) is truncated or corrupt and cannot be read: {_first_line(e)}. "
+        "Use an earlier checkpoint; dawnet's own saves are atomic, so this file was written or copied "
+        "by something else"
+    )
+
+
+def is_plain(value, tensors: bool = False, _depth: int = 0) -> bool:
+    """True for None/bool/int/float/str and lists/tuples/dicts of those (tensors too when ``tensors``): the
+    only values a checkpoint may pass as keyword arguments to the classes it names."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if tensors and isinstance(value, torch.Tensor):
+        return True
+    if _depth > 32:
+        return False
+    if type(value) in (list, tuple):
+        return all(is_plain(v, tensors, _depth + 1) for v in value)
+    if type(value) is dict:
+        return all(isinstance(k, (str, int)) and is_plain(v, tensors, _depth + 1) for k, v in value.items())
+    return False
 
 
 def strip_prefix(state_dict: dict, prefix: str = "module.") -> dict:
@@ -138,15 +184,3 @@ def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from dawnet.atomic import atomic_write_text
+
 __all__ = ["History", "draw_history"]  # noqa: F822 (draw_history is loaded lazily below)
 
 
@@ -74,7 +76,7 @@ class History:
         """The history as JSON (``{"steps": [...], "epochs": [...]}``); written atomically when a path is given."""
         text = json.dumps(self.state_dict(), indent=1, allow_nan=True)
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(path, text)
         return text
 
     def to_csv(self, path: str | os.PathLike | None = None, level: str = "step") -> str:
@@ -84,7 +86,7 @@ class History:
         writer.writeheader()
         writer.writerows(self._records(level))
         if path is not None:
-            _atomic_write_text(Path(path), buffer.getvalue())
+            atomic_write_text(path, buffer.getvalue())
         return buffer.getvalue()
 
     @classmethod
@@ -119,12 +121,6 @@ def _clean(values: dict) -> dict:
             raise TypeError(f"history values must be numbers; {key}={value!r} is {type(value).__name__}")
         out[key] = value if isinstance(value, int) or math.isfinite(value) else float(value)
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def __getattr__(name: str):

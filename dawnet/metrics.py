@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-__all__ = ["accuracy", "mean_absolute_error", "mean_squared_error", "resolve_metrics", "metric_names", "METRICS"]
+__all__ = ["accuracy", "mean_absolute_error", "mean_squared_error", "resolve_metrics", "metric_names", "lookup_metric",
+           "METRICS", "TASK_METRICS"]
 
 Metric = Callable[..., "float | tuple[float, float]"]
 
@@ -43,6 +44,30 @@ METRICS: dict[str, Metric] = {  # name -> metric; names are what checkpoints sto
 }
 
 
+TASK_METRICS: dict[str, str] = {  # name -> "module:function" of the task metrics dawnet defines (imported on demand)
+    "cer": "dawnet.ocr.metrics:batch_cer",
+    "wer": "dawnet.ocr.metrics:batch_wer",
+    "line_accuracy": "dawnet.ocr.metrics:batch_line_accuracy",
+}
+_FORMER_LOCATIONS = {  # where checkpoints of earlier versions found task metrics -> their table name
+    "dawnet.ocr.agents:cer": "cer", "dawnet.ocr.agents:wer": "wer", "dawnet.ocr.agents:line_accuracy": "line_accuracy",
+}
+
+
+def lookup_metric(name: str) -> Metric | None:
+    """The metric a checkpoint names: a name of :data:`METRICS` or :data:`TASK_METRICS`, or the
+    ``module:function`` location of one of those; None for anything else (nothing else is imported)."""
+    if name in METRICS:
+        return METRICS[name]
+    location = TASK_METRICS.get(_FORMER_LOCATIONS.get(name, name))
+    if location is None and name in TASK_METRICS.values():
+        location = name
+    if location is None:
+        return None
+    module, _, attr = location.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def resolve_metrics(metrics: None | str | Sequence | Mapping) -> dict[str, Metric]:
     """Turn ``None``, a name, a list of names/callables or a dict into ``{name: callable}``."""
     if metrics is None:
@@ -63,31 +88,32 @@ def resolve_metrics(metrics: None | str | Sequence | Mapping) -> dict[str, Metri
 
 
 def metric_names(metrics: Mapping[str, Metric]) -> dict[str, str | None]:
-    """How each metric is stored in a checkpoint: a built-in name or ``module:qualname`` (None if neither)."""
+    """How each metric is stored in a checkpoint: its table name, else ``module:qualname`` (None if neither).
+
+    Only table names load back without ``trust_code``; a ``module:qualname`` of the user's code needs it.
+    """
     builtin = {id(f): n for n, f in METRICS.items()}
+    task = {location: n for n, location in TASK_METRICS.items()}
     out = {}
     for name, metric in metrics.items():
+        location = f"{getattr(metric, '__module__', None)}:{getattr(metric, '__qualname__', '<')}"
         if id(metric) in builtin:
             out[name] = builtin[id(metric)]
+        elif location in task:
+            out[name] = task[location]
         elif getattr(metric, "__module__", None) and "<" not in getattr(metric, "__qualname__", "<"):
-            out[name] = f"{metric.__module__}:{metric.__qualname__}"
+            out[name] = location
         else:
             out[name] = None
     return out
 
 
 def _lookup(name: str) -> Metric:
-    if name in METRICS:
-        return METRICS[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        if module == "dawnet" or module.startswith("dawnet."):
-            obj = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-            return obj
-    raise ValueError(f"unknown metric {name!r}; built-in metrics: {', '.join(METRICS)}. Pass a callable "
-                     "(predictions, targets) -> float or (total, count) instead")
+    found = lookup_metric(name)
+    if found is None:
+        raise ValueError(f"unknown metric {name!r}; metric names: {', '.join([*METRICS, *TASK_METRICS])}. Pass a "
+                         "callable (predictions, targets) -> float or (total, count) instead")
+    return found
 
 
 def batch_value(metric: Metric, predictions, targets, batch_size: int) -> tuple[float, float]:

@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import nn
 
+from dawnet.checkpoint import is_plain
+
 __all__ = [
     "register_model",
     "create_model",
@@ -87,19 +89,23 @@ def create_model(name: str, *, trust_code: bool = False, **kwargs: Any) -> nn.Mo
 def build_model(spec: dict, *, trust_code: bool = False) -> nn.Module:
     """Rebuild a model from the spec a checkpoint holds.
 
-    The registered name is looked up first. If it is unknown, dawnet imports the module the spec
-    names only when it is part of dawnet or when ``trust_code`` is True.
+    Only registered models are built: dawnet's presets (imported on demand) and models registered in this
+    process. With ``trust_code`` True, a module the spec names outside torch and dawnet is imported first (it
+    registers its models); nothing inside torch or dawnet is ever imported or called by name.
     """
     name, kwargs, module = spec["name"], dict(spec.get("kwargs", {})), spec.get("module")
+    if not is_plain(kwargs):
+        raise ValueError(f"model {name!r}: its arguments must be plain data (numbers, strings, lists, dicts), got "
+                         f"{sorted(kwargs)}; build the model yourself and pass model=")
     if name not in _MODELS:
         _import_builtin_models()  # dawnet's own presets (crnn, attn, yolo, ...) register on import
-    if name not in _MODELS and module:
-        if module == "dawnet" or module.startswith("dawnet."):
-            importlib.import_module(module)
-        elif trust_code:
-            if ":" in name:
-                return _build_from_path(name, kwargs)
-            importlib.import_module(module)
+    if name not in _MODELS and module and trust_code and not _inside_torch_or_dawnet(module):
+        if ":" in name:
+            if _inside_torch_or_dawnet(name.partition(":")[0]):
+                raise UnknownModelError(f"model {name!r} names a factory inside torch or dawnet; only registered "
+                                        "models are built from a spec")
+            return _build_from_path(name, kwargs)
+        importlib.import_module(module)
     if name not in _MODELS:
         raise UnknownModelError(_unknown_message(name, module, trust_code))
     return _MODELS[name](**kwargs)
@@ -219,6 +225,10 @@ def _unknown_message(name: str, module: str | None, trust_code: bool) -> str:
     elif module:
         msg += f" Importing {module!r} did not register it; is the name spelled as when it was saved?"
     return msg
+
+
+def _inside_torch_or_dawnet(module: str) -> bool:
+    return module.split(".")[0] in ("torch", "dawnet")
 
 
 def _check_name(name: str) -> None:

@@ -16,7 +16,6 @@ by up to ~50 steps -- several decades of a default sweep -- and would push the s
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -28,6 +27,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from dawnet.atomic import atomic_write_text
 
 __all__ = ["lr_find", "LRFinderResult", "RangeSweepLR"]
 
@@ -166,10 +167,7 @@ class LRFinderResult:
         """The result as JSON (NaN written as NaN); written atomically when a path is given."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            path = Path(path)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            atomic_write_text(path, text)
         return text
 
     save = to_json
@@ -309,7 +307,7 @@ def lr_find(agent, data, min_lr: float = 1e-7, max_lr: float = 10.0, num_iter: i
     from dawnet.agent import NonFiniteLossError
     from dawnet.sampling import epoch_loader
 
-    saved = _Snapshot(agent)
+    saved = agent.snapshot()
     sweep_schedule = None
     lrs, losses, smoothed, values = [], [], [], ([] if val is not None else None)
     stop_reason = "completed"
@@ -321,7 +319,6 @@ def lr_find(agent, data, min_lr: float = 1e-7, max_lr: float = 10.0, num_iter: i
         bar = tqdm(total=num_iter, desc="lr_find", unit="step", dynamic_ncols=True, leave=False)
     try:
         agent.callbacks = []  # snapshot/checkpoint callbacks must not fire during the test
-        agent._epoch_len = None
         sweep_schedule = RangeSweepLR(agent.optimizer, min_lr, max_lr, num_iter, mode)
         agent.schedule = sweep_schedule
         rank, world = parallel.rank(), parallel.world_size()
@@ -370,7 +367,7 @@ def lr_find(agent, data, min_lr: float = 1e-7, max_lr: float = 10.0, num_iter: i
     finally:
         if bar is not None:
             bar.close()
-        saved.restore(agent)
+        agent.restore(saved)
     return LRFinderResult(
         lrs=lrs, losses=losses, smoothed=smoothed, values=values,
         ranked_by="train_loss" if val is None else (metric if metric not in (None, "loss") else "val_loss"),
@@ -379,39 +376,6 @@ def lr_find(agent, data, min_lr: float = 1e-7, max_lr: float = 10.0, num_iter: i
                   "diverge": diverge},
         seconds=time.perf_counter() - started,
     )
-
-
-class _Snapshot:
-    """A deep copy of everything ``learn`` changes, and the code that puts it back."""
-
-    def __init__(self, agent):
-        if agent._micro:
-            raise RuntimeError("lr_find was called in the middle of a gradient-accumulation window; call it "
-                               "between optimizer steps")
-        state = agent.state_dict()
-        history = state.pop("history")
-        self.state = copy.deepcopy(state)  # weights, BN buffers, optimizer, schedule, RNG, counters
-        # learn() only appends history records (callbacks, which may edit them, are off during the test), so
-        # copies of the two lists suffice; a deep copy of a long run's history would cost seconds.
-        self.state["history"] = {key: list(records) for key, records in history.items()}
-        self.schedule = agent.schedule
-        self.callbacks = agent.callbacks
-        self.epoch_len = agent._epoch_len
-        self.last_step_end = agent._last_step_end
-        self.modes = [m.training for m in agent.model.modules()]
-        self.grads = [None if p.grad is None else p.grad.detach().clone() for p in agent.model.parameters()]
-
-    def restore(self, agent) -> None:
-        agent.discard_window()
-        agent.schedule = self.schedule
-        agent.callbacks = self.callbacks
-        agent.load_state_dict(self.state)
-        agent._epoch_len = self.epoch_len
-        agent._last_step_end = self.last_step_end
-        for module, mode in zip(agent.model.modules(), self.modes):
-            module.training = mode
-        for p, g in zip(agent.model.parameters(), self.grads):
-            p.grad = g
 
 
 def _cycle(make):

@@ -23,11 +23,9 @@ steps, the last one used the lowest lr of a cycle, so the weights sit at that mi
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import numbers
 import warnings
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -158,23 +156,6 @@ class _CyclicSchedule(LRScheduler):
             group["lr"] = lr
             group["initial_lr"] = lo
         self._apply_momentum()
-
-    def _post_load(self) -> None:
-        """Called by ``Agent.load``, which rebuilds a schedule without ``__init__``: re-attach torch's check
-        that ``optimizer.step()`` runs before ``schedule.step()`` (else the first step warns wrongly)."""
-        opt = self.optimizer
-        if hasattr(opt.step, "_wrapped_by_lr_sched"):
-            return
-        func, opt_ref = opt.step.__func__, weakref.ref(opt)
-
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            o = opt_ref()
-            o._opt_called = True
-            return func.__get__(o, o.__class__)(*args, **kwargs)
-
-        wrapper._wrapped_by_lr_sched = True
-        opt.step = wrapper
 
     # -- minima and plotting ---------------------------------------------------------------------
 

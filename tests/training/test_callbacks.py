@@ -14,14 +14,6 @@ from dawnet.checkpoint import load_checkpoint
 from dawnet.training import Checkpoint, SnapshotAtMinimum, SuperConvergence
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _loader(n=64, batch=8):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 5, generator=g)

@@ -17,15 +17,6 @@ from dawnet.training import CyclicalLR, LRFinderResult, lr_find
 from dawnet.training.lr_finder import RangeSweepLR, smooth_curve
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n=96, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, 6, 6, generator=g)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
-from dawnet.commands import CommandError
+from dawnet.commands import CommandError, set_threads
+from dawnet.commands._types import finite_float, nonnegative_float, nonnegative_int, positive_int
+
+EPILOG = """\
+A line whose image is blank (every pixel the same: nothing to read) is not scored: it is counted and named
+(in --json: "blank", the sources of those lines) and the exit status is 1.
+exit status: 0 every line scored; 1 some lines were blank and not scored; 2 bad input (options out of range,
+an unreadable checkpoint or data, no line to score), with a one-line message."""
 
 
 def register(subparsers) -> None:
@@ -19,106 +26,36 @@ def register(subparsers) -> None:
                     "'dawnet data' reads (a folder of *.png + *.gt.txt, TSV, IAM, PAGE/ALTO, LMDB), a folder "
                     "built by 'dawnet data build' (its test split is used), or a spec name (its test split, "
                     "rendered exactly as 'dawnet data build' does). Greedy decoding unless --beam/--lm.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="A checkpoint written by 'dawnet train' (e.g. runs/crnn-hw-lines-v1/best.pt).")
     p.add_argument("--data", required=True, metavar="DIR", help="Line data to evaluate on.")
     d = p.add_argument_group("decoding")
     d.add_argument("--lm", default=None, help="Character LM (lm.json.gz from 'dawnet train charlm') for shallow "
                                               "fusion (default: none).")
-    d.add_argument("--beam", type=int, default=None, help="Beam width (default: 1 = greedy; 10 when --lm is given).")
-    d.add_argument("--lm-weight", type=float, default=0.5, help="LM weight (default: 0.5; used with --lm).")
-    d.add_argument("--bonus", type=float, default=None, help="Score added per character (default: 0, or 1.0 "
-                                                             "with --lm).")
-    p.add_argument("--limit", type=int, default=None, help="Evaluate only the first N lines (default: all).")
-    p.add_argument("--batch-size", type=int, default=16, help="Lines per batch (default: 16).")
-    p.add_argument("--errors", type=int, default=0, help="Also print the N worst lines (default: 0).")
-    p.add_argument("--json", action="store_true", help="Print one JSON object (cer, wer, lines, lines_per_s, ...).")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is "
-                                                             "often faster on a busy or small machine).")
+    d.add_argument("--beam", type=positive_int, default=None,
+                   help="Beam width (default: 1 = greedy; 10 when --lm is given).")
+    d.add_argument("--lm-weight", type=nonnegative_float, default=0.5,
+                   help="LM weight, >= 0 (default: 0.5; used with --lm).")
+    d.add_argument("--bonus", type=finite_float, default=None, help="Score added per character (default: 0, or 1.0 "
+                                                                    "with --lm).")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="Evaluate only the first N lines (default: all).")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="Lines per batch (default: 16).")
+    p.add_argument("--errors", type=nonnegative_int, default=0, metavar="N",
+                   help="Also show the N worst lines (default: 0); with --json they are the list \"errors\".")
+    p.add_argument("--json", action="store_true",
+                   help="Print exactly one JSON object (cer, wer, lines, lines_per_s, blank, errors, ...).")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy or small "
+                        "machine).")
     p.set_defaults(func=run)
 
 
-def load_recognizer(path: str, map_location: str = "cpu"):
-    """A CTC or attention agent from a checkpoint, with a clear error for anything else."""
-    from dawnet.agent import Agent
-    from dawnet.checkpoint import CheckpointError, load_checkpoint
-    from dawnet.ocr.agents import AttentionAgent, CTCAgent
-
-    try:
-        with open(path, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":  # gzip: what CharNgramLM.save writes
-                raise CommandError(f"{path} is a gzip file (a character LM from 'dawnet train charlm'?), not a "
-                                   "recognizer checkpoint: pass an LM with --lm and a checkpoint from "
-                                   "'dawnet train crnn|attn' as CHECKPOINT")
-    except OSError:
-        pass  # missing or unreadable: load_checkpoint says what is wrong
-    try:
-        state = load_checkpoint(path, map_location="cpu")
-    except CheckpointError as e:
-        raise CommandError(str(e)) from None
-    if not isinstance(state, dict) or "agent" not in state:
-        raise CommandError(f"{path} is not a dawnet checkpoint (no agent in it); pass a file from 'dawnet train'")
-    cls = state["agent"].get("class", "?")
-    ours = {f"{c.__module__}.{c.__qualname__}" for c in (CTCAgent, AttentionAgent)}
-    if cls not in ours:
-        model = (state.get("model") or {}).get("spec") or {}
-        raise CommandError(f"{path} holds a {cls.rsplit('.', 1)[-1]} (model {model.get('name', '?')!r}), not a "
-                           "text-line recognizer: use a checkpoint from 'dawnet train crnn' or 'dawnet train attn' "
-                           "(a detector finds lines on a page; it does not read them)")
-    del state
-    try:
-        return Agent.load(path, map_location=map_location)
-    except CheckpointError as e:
-        raise CommandError(str(e)) from None
-
-
-def configure_decoder(agent, lm_path: str | None, beam: int | None, lm_weight: float, bonus: float | None) -> None:
-    from dawnet.ocr.lm import CharNgramLM
-
-    if beam is not None and beam < 1:
-        raise CommandError(f"--beam must be >= 1, got {beam}")
-    lm = None
-    if lm_path:
-        try:
-            lm = CharNgramLM.load(lm_path)
-        except (FileNotFoundError, ValueError) as e:
-            raise CommandError(str(e)) from None
-    try:
-        agent.set_decoder(beam=beam or (10 if lm else 1), lm=lm, lm_weight=lm_weight if lm else 0.0,
-                          bonus=bonus if bonus is not None else (1.0 if lm else 0.0))
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-
-
-def evaluate_lines(agent, dataset, batch_size: int = 16, progress: bool = True) -> dict:
-    """Read every line of ``dataset``; returns metrics, lines/s (model + decoding time) and the pairs."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from dawnet.commands.train import loader
-    from dawnet.ocr.metrics import text_metrics
-
-    refs, hyps, sources, seconds = [], [], [], 0.0
-    agent.model.eval()
-    with torch.inference_mode():
-        for batch in tqdm(loader(dataset, batch_size, shuffle=False), desc="reading", unit="batch",
-                          disable=not progress, leave=False):
-            x, widths = batch["images"].to(agent.device), batch["widths"].to(agent.device)
-            start = time.perf_counter()
-            outputs = agent.model(x, widths)
-            texts = agent.decode(outputs, (x, widths, True))
-            seconds += time.perf_counter() - start
-            refs += batch["texts"]
-            hyps += texts
-            sources += batch["sources"]
-    result = text_metrics(refs, hyps)
-    result["lines_per_s"] = len(refs) / seconds if seconds else float("nan")
-    result["pairs"] = list(zip(sources, refs, hyps))
-    return result
-
-
 def run(args: argparse.Namespace) -> int:
-    from dawnet.commands.train import load_line_data, set_threads, split_folder
+    from dawnet.ocr.lines import load_line_data, split_folder
+    from dawnet.ocr.reading import configure_decoder, evaluate_lines, load_recognizer
 
     set_threads(args.threads)
     agent = load_recognizer(args.checkpoint)
@@ -132,21 +69,34 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None or len(dataset) == 0:
         raise CommandError(f"no lines to evaluate in {args.data}")
     result = evaluate_lines(agent, dataset, args.batch_size, progress=not args.json)
-    pairs = result.pop("pairs")
+    pairs, blank = result.pop("pairs"), result.pop("blank")
+    if not pairs:
+        raise CommandError(f"all {len(blank)} lines of {args.data} are blank images (every pixel the same value): "
+                           "nothing to score; check that the images hold the text lines")
     d = agent.decoder
     result.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "decoder": {
-        "beam": d.beam, "lm": args.lm, "lm_weight": d.lm_weight if agent.lm else 0.0, "bonus": d.bonus}})
+        "beam": d.beam, "lm": args.lm, "lm_weight": d.lm_weight if agent.lm else 0.0, "bonus": d.bonus},
+        "blank_lines": len(blank), "blank": blank})
+    worst = []
+    if args.errors:
+        from rapidfuzz.distance import Levenshtein
+
+        scored = [(Levenshtein.distance(ref, hyp), src, ref, hyp) for src, ref, hyp in pairs]
+        worst = sorted(scored, key=lambda t: -t[0])[:args.errors]
     if args.json:
+        if args.errors:
+            result["errors"] = [{"source": src, "ref": ref, "hyp": hyp, "edits": n} for n, src, ref, hyp in worst]
         print(json.dumps(result))
     else:
         print(f"{result['lines']} lines  CER {100 * result['cer']:.2f}%  WER {100 * result['wer']:.2f}%  "
               f"word accuracy {100 * result['word_accuracy']:.2f}%  line accuracy {100 * result['line_accuracy']:.2f}%"
               f"  1-NED {result['one_minus_ned']:.4f}  {result['lines_per_s']:.1f} lines/s  "
               f"(beam {d.beam}{', LM ' + args.lm if args.lm else ''}; {result['normalization']})")
-    if args.errors:
-        from rapidfuzz.distance import Levenshtein
-
-        worst = sorted(pairs, key=lambda t: -Levenshtein.distance(t[1], t[2]))[:args.errors]
-        for src, ref, hyp in worst:
+        for _, src, ref, hyp in worst:
             print(f"{src}\n  ref: {ref}\n  hyp: {hyp}")
+    if blank:
+        shown = ", ".join(blank[:5]) + (f", ... ({len(blank) - 5} more)" if len(blank) > 5 else "")
+        print(f"dawnet eval: {len(blank)} blank line image(s) (every pixel the same value) not scored: {shown}",
+              file=sys.stderr)
+        return 1
     return 0

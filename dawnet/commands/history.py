@@ -6,6 +6,11 @@ import argparse
 from pathlib import Path
 
 from dawnet.commands import CommandError
+from dawnet.commands._types import positive_int
+
+EPILOG = """\
+exit status: 0 done; 2 bad input (a missing or unreadable checkpoint, no history in it, an unknown --keys
+name, a plot name without .png/.pdf/.svg); 141 standard output closed early (e.g. piped into head)."""
 
 
 def register(subparsers) -> None:
@@ -17,6 +22,8 @@ def register(subparsers) -> None:
             "momentum), with snapshot marks, and/or export the history as CSV or JSON. With no output "
             "option, print a short summary."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="A checkpoint written by Agent.save (or a history JSON file).")
     p.add_argument("--out", metavar="PLOT", help="Write the figure here (png, pdf or svg, by extension).")
@@ -28,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--level", choices=("step", "epoch"), default="step",
                    help="Which records --csv exports (default: step).")
     p.add_argument("--json", metavar="FILE", help="Export the whole history (steps and epochs) as JSON.")
-    p.add_argument("--dpi", type=int, default=120, help="Resolution of a raster plot (default: 120).")
+    p.add_argument("--dpi", type=positive_int, default=120, help="Resolution of a raster plot (default: 120).")
     p.set_defaults(func=run)
 
 

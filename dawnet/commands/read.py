@@ -6,7 +6,12 @@ import argparse
 import json
 import sys
 
-from dawnet.commands import CommandError
+from dawnet.commands import CommandError, set_threads
+from dawnet.commands._types import finite_float, nonnegative_float, positive_int
+
+EPILOG = """\
+exit status: 0 every image read; 1 some images could not be read (each is named on stderr, or as an "error"
+object with --json); 2 bad input (options out of range, an unreadable checkpoint, no image readable at all)."""
 
 
 def register(subparsers) -> None:
@@ -17,26 +22,35 @@ def register(subparsers) -> None:
                     "CHECKPOINT and print its text; with several images each line is 'IMAGE<TAB>text'. An "
                     "image that cannot be a text line (blank, empty, too small, a whole page) is reported on "
                     "stderr and the others are still read; the exit status is then 1.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", help="A checkpoint written by 'dawnet train' (crnn, attn, ...).")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="Line images (pages with --detector).")
     p.add_argument("--lm", default=None, help="Character LM for shallow fusion (default: none).")
-    p.add_argument("--beam", type=int, default=None, help="Beam width (default: 1 = greedy; 10 with --lm).")
-    p.add_argument("--lm-weight", type=float, default=0.5, help="LM weight (default: 0.5; used with --lm).")
-    p.add_argument("--bonus", type=float, default=None, help="Score per character (default: 0, or 1.0 with --lm).")
+    p.add_argument("--beam", type=positive_int, default=None, help="Beam width (default: 1 = greedy; 10 with --lm).")
+    p.add_argument("--lm-weight", type=nonnegative_float, default=0.5,
+                   help="LM weight, >= 0 (default: 0.5; used with --lm).")
+    p.add_argument("--bonus", type=finite_float, default=None,
+                   help="Score per character (default: 0, or 1.0 with --lm).")
     p.add_argument("--json", action="store_true", help="Print one JSON object per image: image, text or error.")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is "
-                                                             "often faster on a busy or small machine).")
-    from dawnet.ocr.page import add_page_arguments
-
-    add_page_arguments(p)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy or small "
+                        "machine).")
+    g = p.add_argument_group("pages (detect lines, then read them)")
+    g.add_argument("--detector", default=None, metavar="CKPT",
+                   help="A text-line detector checkpoint (e.g. DIR/models/yolo.pt from 'dawnet bench'); with it "
+                        "each IMAGE is a whole page (default: none, each IMAGE is one line).")
+    g.add_argument("--recognizer", default=None, metavar="CKPT",
+                   help="The line recognizer checkpoint used with --detector (default: the positional "
+                        "CHECKPOINT).")
+    g.add_argument("--boxes", action="store_true", help="With --detector: print each line's box and score too.")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dawnet.commands.eval import configure_decoder, load_recognizer
-    from dawnet.commands.train import set_threads
     from dawnet.ocr.agents import LineImageError
+    from dawnet.ocr.reading import configure_decoder, load_recognizer
 
     set_threads(args.threads)
     if args.detector:

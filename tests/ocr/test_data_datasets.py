@@ -15,6 +15,7 @@ from dawnet.ocr.data.datasets import (
     collate_lines,
     collate_pages,
     padding_fraction,
+    to_tensor,
 )
 from dawnet.ocr.data.formats import PageRecord, write_tsv
 
@@ -105,3 +106,51 @@ def test_page_dataset_letterboxes_boxes(tmp_path):
     assert batch["images"].shape == (2, 1, 200, 200) and batch["texts"] == [["t"], ["t"]]
     orig = (batch["boxes"][0] - batch["offsets"][0].repeat(2)) / batch["scales"][0]
     assert orig.tolist() == [[100.0, 50.0, 300.0, 100.0]]
+
+
+# -- images through dawnet.images; blank lines counted (issue 18 item 2) -----------------------------------
+
+
+def test_blank_lines_are_flagged_per_item_per_batch_and_listed(tmp_path):
+    lines = [(Image.fromarray(np.where(np.arange(60)[None, :] % 7 < 3, 30, 220).astype(np.uint8).repeat(20, 0)),
+              "ink"),
+             (Image.new("L", (60, 20), 255), "white"),
+             (Image.fromarray(np.full((20, 60), 200, np.uint8) + np.eye(20, 60, dtype=np.uint8) * 6), "faint"),
+             (Image.new("L", (60, 20), 0), "black")]
+    ds = LineDataset(write_tsv(lines, tmp_path), height=16)
+    assert [ds[i]["blank"] for i in range(4)] == [False, True, True, True]
+    batch = collate_lines([ds[i] for i in range(4)])
+    assert batch["blank"] == [False, True, True, True]
+    assert ds.blank_lines() == [batch["sources"][1], batch["sources"][2], batch["sources"][3]]
+    assert batch["sources"][1].endswith("labels.tsv:2")
+    augmented = LineDataset(write_tsv(lines, tmp_path), height=16, augment=LineAugment(p=1.0))
+    assert [augmented[i]["blank"] for i in range(4)] == [False, True, True, True]  # as read, not as augmented
+
+
+def test_a_16_bit_line_gives_the_tensor_of_its_8_bit_original(tmp_path):
+    a = np.full((40, 90), 235, np.uint8)
+    a[12:28, 10:80:3] = 25
+    Image.fromarray(a).save(tmp_path / "l8.png")
+    Image.fromarray(a.astype(np.uint16) * 257).save(tmp_path / "l16.png")
+    (tmp_path / "labels.tsv").write_text("l8.png\tline\nl16.png\tline\n", encoding="utf-8")
+    ds = LineDataset(tmp_path / "labels.tsv", height=32)
+    assert torch.equal(ds[0]["image"], ds[1]["image"]) and not ds[1]["blank"]
+
+
+def test_widths_follow_exif_rotation_as_items_do(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored 40 wide x 120 high, shown 120 wide x 40 high
+    a = np.full((120, 40), 230, np.uint8)
+    a[10:100, 15:25] = 20
+    Image.fromarray(a).save(tmp_path / "r.png", exif=exif)
+    (tmp_path / "labels.tsv").write_text("r.png\trotated\n", encoding="utf-8")
+    ds = LineDataset(tmp_path / "labels.tsv", height=20)
+    assert ds.widths() == [ds[0]["width"]] == [60]
+
+
+def test_to_tensor_reads_rgba_alpha_ink_like_its_gray_original():
+    a = np.full((20, 50), 255, np.uint8)
+    a[5:15, 5:45] = 0
+    rgba = Image.fromarray(np.dstack([np.full_like(a, 255)] * 3 + [255 - a]), mode="RGBA")
+    assert torch.equal(to_tensor(rgba, 20), to_tensor(Image.fromarray(a), 20))
+    assert to_tensor(rgba, 20).max() == 1.0

@@ -283,3 +283,96 @@ def test_lmdb_errors(tmp_path):
         read_lmdb(tmp_path / "db")
     ls = read_lmdb(tmp_path / "db", on_error="skip")
     assert len(ls) == 0 and len(ls.skipped) == 2
+
+
+# -- every format reads images through dawnet.images (issue 18 item 2) -------------------------------------
+
+
+def as_16_bit(im: Image.Image) -> Image.Image:
+    return Image.fromarray(np.asarray(im).astype(np.uint16) * 257)
+
+
+def as_alpha_ink(im: Image.Image) -> Image.Image:
+    """White colour everywhere, the line's ink only in alpha, on a transparent background."""
+    a = np.asarray(im)
+    return Image.fromarray(np.dstack([np.full_like(a, 255)] * 3 + [255 - a]), mode="RGBA")
+
+
+@pytest.mark.parametrize("encode", [as_16_bit, as_alpha_ink])
+def test_folder_tsv_and_lmdb_read_16_bit_and_alpha_lines_as_the_8_bit_original(encode, tmp_path):
+    lines = samples()
+    for i, (im, text) in enumerate(lines):
+        encode(im).save(tmp_path / f"{i:06d}.png")
+        (tmp_path / f"{i:06d}.gt.txt").write_text(text + "\n", encoding="utf-8")
+    with Image.open(tmp_path / "000000.png") as im:
+        assert np.asarray(im.convert("L")).std() == 0  # what the readers saw before: a blank line
+    assert_same(read_folder(tmp_path), lines)
+    (tmp_path / "labels.tsv").write_text("".join(f"{i:06d}.png\t{t}\n" for i, (_, t) in enumerate(lines)),
+                                         encoding="utf-8")
+    assert_same(read_tsv(tmp_path / "labels.tsv"), lines)
+    lmdb = pytest.importorskip("lmdb")
+    env = lmdb.open(str(tmp_path / "db"))
+    with env.begin(write=True) as txn:
+        txn.put(b"num-samples", str(len(lines)).encode())
+        for i, (_, text) in enumerate(lines, start=1):
+            txn.put(f"image-{i:09d}".encode(), (tmp_path / f"{i - 1:06d}.png").read_bytes())
+            txn.put(f"label-{i:09d}".encode(), text.encode())
+    env.close()
+    assert_same(read_lmdb(tmp_path / "db"), lines)
+
+
+def test_page_xml_crops_lines_from_a_16_bit_page(tmp_path):
+    make_page(tmp_path)
+    as_16_bit(Image.open(tmp_path / "page.png")).save(tmp_path / "page.png")
+    (tmp_path / "page.xml").write_text(PAGE_XML, encoding="utf-8")
+    ls = read_page_xml(tmp_path / "page.xml")
+    a, b = np.asarray(ls[0].load()), np.asarray(ls[1].load())
+    assert a.shape == (20, 100) and (a == 10).all()
+    assert b.shape == (30, 200) and (b == 60).all()
+    page = PageRecord(path=str(tmp_path / "page.png"), width=300, height=200).load()
+    assert page.mode == "L" and np.asarray(page)[40, 50] == 10 and np.asarray(page)[0, 0] == 255
+
+
+def test_yolo_page_size_follows_exif_rotation(tmp_path):
+    (tmp_path / "images").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 240 x 320, shown 320 x 240
+    Image.new("L", (240, 320), 255).save(tmp_path / "images" / "p.png", exif=exif)
+    (page,) = read_yolo(tmp_path)
+    assert (page.width, page.height) == (320, 240) == page.load().size
+
+
+def test_unreadable_image_reason_is_one_line(tmp_path):
+    write_folder(samples(), tmp_path)
+    (tmp_path / "000000.png").write_bytes(b"GIF89a-but-not-really")
+    with pytest.raises(FormatError) as e:
+        read_folder(tmp_path)
+    assert str(e.value) == (f"{tmp_path / '000000.png'}: unreadable image: not an image file Pillow can read (it "
+                            "starts b'GIF89a-b'); give a PNG, JPEG, TIFF, BMP, GIF or WebP file; fix or remove the "
+                            "entry (reading with on_error='skip' skips such entries and counts them)")
+
+
+@pytest.mark.parametrize("junk", [b"", b"this is not an lmdb database" * 200])
+def test_a_junk_data_mdb_is_a_one_line_error_naming_the_file_and_the_fix(junk, tmp_path):
+    pytest.importorskip("lmdb")
+    (tmp_path / "data.mdb").write_bytes(junk)
+    for read in (read_lines, read_lmdb):
+        with pytest.raises(FormatError, match=r"data\.mdb is not a readable LMDB database \(.+\); rebuild it with "
+                                              r"write_lmdb, or move data\.mdb away so the folder is read as image "
+                                              r"files$") as e:
+            read(tmp_path)
+        assert str(e.value).startswith(str(tmp_path / "data.mdb")) and "\n" not in str(e.value)
+
+
+def test_messages_name_the_fix_not_only_a_python_argument(tmp_path):
+    write_folder(samples(), tmp_path)
+    (tmp_path / "000001.gt.txt").write_text(" \n", encoding="utf-8")
+    with pytest.raises(FormatError, match=r"000001\.gt\.txt:1: empty transcription; fix or remove the entry "
+                                          r"\(reading with on_error='skip' skips such entries and counts them\)$"):
+        read_folder(tmp_path)
+    (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"cannot tell the format of .*notes\.csv: give a folder of png \+ gt\.txt, "
+                                         r"a \.tsv, an IAM lines\.txt, a PAGE/ALTO \.xml or an LMDB folder \(or name "
+                                         r"the format: read_lines\(\.\.\., format=\) takes one of folder, tsv, iam, "
+                                         r"page, alto, lmdb\)$"):
+        read_lines(tmp_path / "notes.csv")

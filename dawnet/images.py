@@ -48,7 +48,11 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyErr
 
 
 class ImageError(ValueError):
-    """An image that cannot be read; the message names the file (or input) and the problem."""
+    """An image that cannot be read: ``cannot read image NAME: REASON`` (``.name`` and ``.reason`` apart)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"cannot read image {name}: {reason}")
+        self.name, self.reason = name, reason
 
 
 class MultiFrameWarning(UserWarning):
@@ -70,12 +74,15 @@ def load_image(source, *, mode: str | None = "L", name: str | None = None) -> Im
         im, label = _from_array(source, name or "the image array"), name or "the image array"
     elif isinstance(source, Image.Image):
         label = name or "the image"
-        im = _decoded(source, label, first_frame=False)
+        try:
+            im = _decoded(source, label, first_frame=False)
+        except _DECODE_ERRORS as e:  # a lazily opened image whose file is damaged
+            raise ImageError(label, _reason(e)) from None
     elif isinstance(source, (bytes, bytearray, memoryview)):
         label = name or "the image bytes"
         data = bytes(source)
         if not data:
-            raise ImageError(f"cannot read image {label}: it is empty (0 bytes)")
+            raise ImageError(label, "it is empty (0 bytes)")
         im = _open(io.BytesIO(data), label, data[:8])
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -83,12 +90,12 @@ def load_image(source, *, mode: str | None = "L", name: str | None = None) -> Im
         if not path.exists():
             raise FileNotFoundError(f"image {path} does not exist")
         if path.is_dir():
-            raise ImageError(f"cannot read image {label}: it is a folder, not an image file")
+            raise ImageError(label, "it is a folder, not an image file")
         try:
             with open(path, "rb") as f:
                 head = f.read(8)
         except OSError as e:
-            raise ImageError(f"cannot read image {label}: {e.strerror or e}") from None
+            raise ImageError(label, f"{e.strerror or e}") from None
         im = _open(path, label, head)
     else:
         raise TypeError(f"cannot read an image from {type(source).__name__}: give a path, bytes, a PIL image or a "
@@ -109,21 +116,29 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     return load_image(image, mode="RGB")
 
 
-def image_size(source: str | os.PathLike, *, name: str | None = None) -> tuple[int, int]:
-    """``(width, height)`` of an image file as :func:`load_image` returns it (EXIF rotation applied), from its
-    header alone; raises as :func:`load_image` does."""
-    path = Path(source)
-    label = name or str(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image {path} does not exist")
+def image_size(source: str | os.PathLike | bytes, *, name: str | None = None) -> tuple[int, int]:
+    """``(width, height)`` of an image file (or its bytes) as :func:`load_image` returns it (EXIF rotation
+    applied), from the header alone: a cheap check that a file is an image. Raises as :func:`load_image` does."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label, fp = name or "the image bytes", io.BytesIO(bytes(source))
+        head = bytes(source[:8])
+    else:
+        path = Path(source)
+        label, fp = name or str(path), path
+        if not path.exists():
+            raise FileNotFoundError(f"image {path} does not exist")
+        if path.is_dir():
+            raise ImageError(label, "it is a folder, not an image file")
+        with open(path, "rb") as f:
+            head = f.read(8)
     try:
-        with Image.open(path) as im:
+        with Image.open(fp) as im:
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = _header_orientation(im)
     except UnidentifiedImageError:
-        raise ImageError(f"cannot read image {label}: not an image file Pillow can read") from None
+        raise ImageError(label, _not_an_image(head)) from None
     except _DECODE_ERRORS as e:
-        raise ImageError(f"cannot read image {label}: {_reason(e)}") from None
+        raise ImageError(label, _reason(e)) from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -149,17 +164,33 @@ def _reason(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _header_orientation(im: Image.Image) -> int:
+    """The EXIF orientation known from the header (a PNG's ``getexif()`` would decode all its pixels)."""
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw if isinstance(raw, bytes) else bytes(raw))
+        return int(exif.get(0x0112, 1))
+    return int(im.getexif().get(0x0112, 1))
+
+
+def _not_an_image(head: bytes) -> str:
+    return (f"not an image file Pillow can read (it starts {head!r}); give a PNG, JPEG, TIFF, BMP, GIF or WebP "
+            "file")
+
+
 def _open(fp, label: str, head: bytes) -> Image.Image:
     try:
         with Image.open(fp) as im:
             return _decoded(im, label, first_frame=True)
     except UnidentifiedImageError:
-        raise ImageError(f"cannot read image {label}: not an image file Pillow can read (it starts {head!r}); "
-                         "give a PNG, JPEG, TIFF, BMP, GIF or WebP file") from None
+        raise ImageError(label, _not_an_image(head)) from None
     except ImageError:
         raise
     except _DECODE_ERRORS as e:
-        raise ImageError(f"cannot read image {label}: {_reason(e)}") from None
+        raise ImageError(label, f"{_reason(e)}") from None
 
 
 def _decoded(im: Image.Image, label: str, first_frame: bool) -> Image.Image:
@@ -171,8 +202,8 @@ def _decoded(im: Image.Image, label: str, first_frame: bool) -> Image.Image:
     bits = _int_bits(im) if im.mode == "I" else None
     im.load()
     out = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
-    if out is im and first_frame:
-        out = im.copy()  # detached from the file and from later frames
+    if out is im and frames > 1:
+        out = im.copy()  # detached from the file's later frames
     if bits is not None:
         out.info["dawnet_bits"] = bits
     return out
@@ -198,10 +229,10 @@ def _from_array(a: np.ndarray, label: str) -> Image.Image:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)):
-        raise ImageError(f"cannot read image {label}: an image array must be (H, W) or (H, W, C) with C in 1-4, "
+        raise ImageError(label, f"an image array must be (H, W) or (H, W, C) with C in 1-4, "
                          f"got shape {a.shape}")
     if a.size == 0:
-        raise ImageError(f"cannot read image {label}: it is empty (shape {a.shape})")
+        raise ImageError(label, f"it is empty (shape {a.shape})")
     if a.ndim == 2:
         if a.dtype == np.bool_:
             return Image.fromarray(a.astype(np.uint8) * 255, mode="L")
@@ -212,7 +243,7 @@ def _from_array(a: np.ndarray, label: str) -> Image.Image:
         if np.issubdtype(a.dtype, np.integer):
             bits = 16 if a.dtype in (np.uint16, np.int16) else (32 if a.dtype == np.uint32 else None)
             return Image.fromarray(_levels(a.astype(np.float64), bits, label), mode="L")
-        raise ImageError(f"cannot read image {label}: unsupported array dtype {a.dtype}")
+        raise ImageError(label, f"unsupported array dtype {a.dtype}")
     channels = {2: "LA", 3: "RGB", 4: "RGBA"}[a.shape[2]]
     if a.dtype == np.uint8:
         u8 = a
@@ -221,7 +252,7 @@ def _from_array(a: np.ndarray, label: str) -> Image.Image:
     elif a.dtype == np.uint16:
         u8 = np.rint(a.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     else:
-        raise ImageError(f"cannot read image {label}: a colour array must be uint8, uint16 or float, got {a.dtype}")
+        raise ImageError(label, f"a colour array must be uint8, uint16 or float, got {a.dtype}")
     return Image.fromarray(np.ascontiguousarray(u8), mode=channels)
 
 
@@ -239,7 +270,7 @@ def _levels(v: np.ndarray, bits: int | None, label: str) -> np.ndarray:
 def _float_levels(a: np.ndarray, label: str) -> np.ndarray:
     a = a.astype(np.float64)
     if np.isnan(a).any():
-        raise ImageError(f"cannot read image {label}: it holds NaN values")
+        raise ImageError(label, "it holds NaN values")
     finite = a[np.isfinite(a)]
     if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
         a = a * 255.0
@@ -276,7 +307,7 @@ def _convert(im: Image.Image, mode: str, label: str) -> Image.Image:
             return (im if im.mode in ("RGB", "CMYK", "YCbCr") else im.convert("RGB")).convert("L")
         return im.convert("RGB")
     except ValueError as e:
-        raise ImageError(f"cannot read image {label}: unsupported image mode {im.mode} ({_reason(e)})") from None
+        raise ImageError(label, f"unsupported image mode {im.mode} ({_reason(e)})") from None
 
 
 def _over_white(im: Image.Image, mode: str) -> Image.Image:

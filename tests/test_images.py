@@ -313,3 +313,24 @@ def test_a_recognizer_reads_each_mode_as_it_reads_the_original(case, line, tmp_p
 def test_pil_input_passes_through_without_copy_when_already_gray(line):
     im = Image.fromarray(line)
     assert load_image(im) is im
+
+
+def test_image_size_reads_the_header_only(line, tmp_path, monkeypatch):
+    path = _saved(Image.fromarray(line), tmp_path / "l.png")
+
+    def no_decoding(self):
+        raise AssertionError("image_size decoded the pixels")
+
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", no_decoding)
+    assert image_size(path) == (line.shape[1], line.shape[0])
+    assert image_size(path.read_bytes()) == (line.shape[1], line.shape[0])
+    with pytest.raises(ImageError, match=r"^cannot read image x\.png: not an image file"):
+        image_size(b"nonsense", name="x.png")
+
+
+def test_a_damaged_file_opened_lazily_by_the_caller_is_an_image_error(line, tmp_path):
+    whole = _saved(Image.fromarray(line), tmp_path / "whole.png").read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with Image.open(cut) as im, pytest.raises(ImageError, match=r"^cannot read image the image: .*truncated"):
+        load_image(im)

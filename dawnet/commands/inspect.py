@@ -105,8 +105,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         from dawnet.inspector import open_session
+        from dawnet.inspector.app import check_token
+        from dawnet.inspector.errors import InspectorError
+        from dawnet.inspector.images import MAX_PIXELS
         from dawnet.inspector.server import InspectorServer
-        from dawnet.inspector.session import MAX_PIXELS, InspectorError
     except ImportError as e:
         raise CommandError(
             f"the inspector needs the `inspect` extra ({e.name} is missing): pip install 'dawnet[inspect]'"
@@ -114,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     from dawnet.commands.train import set_threads
 
     set_threads(args.threads)
+    try:
+        check_token(args.token)
+    except ValueError as e:
+        raise CommandError(f"--token: {e}") from None
     if args.port < 0 or args.port > 65535:
         raise CommandError(f"--port must be in 0..65535, got {args.port}")
     if args.max_upload_mb <= 0:

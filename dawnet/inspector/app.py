@@ -43,9 +43,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dawnet.inspector.session import InspectorError, Session, decode_image
+from dawnet.inspector.errors import InspectorError
+from dawnet.inspector.images import decode_image
+from dawnet.inspector.session import Session
 
-__all__ = ["create_app", "MAX_BODY", "TOKEN_HEADER", "TOKEN_COOKIE"]
+__all__ = ["create_app", "check_token", "MAX_BODY", "TOKEN_HEADER", "TOKEN_COOKIE"]
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY = 16 * 1024 * 1024  # bytes; an image upload is the largest request
@@ -150,6 +152,17 @@ class Guard:
         return None
 
 
+def check_token(token: str | None) -> None:
+    """Refuse a token that is blank or has spaces or control characters: HTTP clients strip a header's surrounding
+    blanks, so such a token would lock everyone out (or, all blank, guard nothing)."""
+    if token is None or token == "":
+        return
+    if not token.strip():
+        raise ValueError("the token is blank: give a token of visible characters (or none to generate one)")
+    if any(not c.isprintable() or c.isspace() for c in token):
+        raise ValueError(f"the token {token!r} holds spaces or control characters: give one of visible characters")
+
+
 async def _body_json(request: Request) -> dict:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
@@ -161,6 +174,10 @@ async def _body_json(request: Request) -> dict:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InspectorError(f"the body is not valid JSON: {e}") from None
+    except RecursionError:  # a RuntimeError: without this it would answer 500
+        raise InspectorError(
+            "the JSON body is nested too deeply; the API takes flat objects like {\"op\": \"undo\"}"
+        ) from None
     if not isinstance(body, dict):
         raise InspectorError(f"the body must be a JSON object, got {type(body).__name__}")
     return body
@@ -188,6 +205,7 @@ def create_app(
         max_body: the largest request body in bytes.
         data_root: the only folder whose files a client may name by path (``None``: no paths accepted).
     """
+    check_token(token)
     root = Path(data_root).resolve() if data_root is not None else None
 
     def resolve(rel: Any) -> Path:
@@ -250,7 +268,7 @@ def create_app(
                     f"sample {index} does not exist: the data set has {len(session.samples)} samples",
                     status=404,
                 )
-            return session._sample_image(index), session.samples[index].name
+            return session.sample_image(index), session.samples[index].name
         if "path" in body:
             return read_path(body["path"]), str(body["path"])
         raise InspectorError('give {"index": i} (a data set sample) or {"path": "relative/path.png"}')

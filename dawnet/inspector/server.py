@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from dawnet.inspector.app import LOOPBACK_HOSTS, MAX_BODY, create_app
+from dawnet.inspector.app import LOOPBACK_HOSTS, MAX_BODY, check_token, create_app
 from dawnet.inspector.session import Session
 
 __all__ = ["InspectorServer", "is_loopback"]
@@ -52,6 +52,7 @@ class InspectorServer:
         data_root: str | Path | None = None,
     ):
         loopback = is_loopback(host)
+        check_token(token)
         if token is None and not loopback:
             token = secrets.token_urlsafe(24)
         if not loopback and not token:

@@ -68,3 +68,16 @@ def trained_checkpoint(tmp_path_factory, charset, lines):
     path = tmp_path_factory.mktemp("trained") / "crnn_trained.pt"
     agent.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    """A tiny PNG whose header claims 20000 x 20000 pixels (400 MP: Pillow calls it a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")

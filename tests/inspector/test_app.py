@@ -23,6 +23,7 @@ from dawnet.diagnose.trace import canonical, feature_layout, receptive_field  # 
 from dawnet.inspector import open_session  # noqa: E402
 from dawnet.inspector.app import TOKEN_COOKIE, create_app  # noqa: E402
 from dawnet.inspector.session import Augment, Session  # noqa: E402
+from dawnet.inspector.view import default_layer  # noqa: E402
 from dawnet.registry import register_model  # noqa: E402
 
 BASE = "http://127.0.0.1"
@@ -39,7 +40,7 @@ def client(session, data_dir):
     session.augment = Augment()
     session.set_source(None, "")
     session.set_view(
-        {"layer": session._default_layer(), "rank": "active", "count": 16, "channels": [], "scale": "shared"}
+        {"layer": default_layer(session.layers), "rank": "active", "count": 16, "channels": [], "scale": "shared"}
     )
     with TestClient(create_app(session, data_root=data_dir, max_body=1 << 20), base_url=BASE) as c:
         yield c
@@ -413,6 +414,33 @@ def test_non_image_bytes_are_refused(client):
     still_serving(client)
 
 
+def test_a_decompression_bomb_upload_is_a_400_naming_it(client, bomb_png):
+    bomb = bomb_png
+    assert len(bomb) < 100
+    msg = error_of(client.post("/api/upload", content=bomb, headers={"Content-Type": "image/png"}), 400)
+    assert msg.startswith("cannot read image the upload: ") and "decompression bomb" in msg
+    msg = error_of(client.post("/api/upload?to=source", content=bomb, headers={"Content-Type": "image/png"}), 400)
+    assert "decompression bomb" in msg
+    still_serving(client)
+
+
+def test_deeply_nested_json_is_a_400(client):
+    deep = b'{"op": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for path in ("/api/edit", "/api/view", "/api/rf", "/api/sample"):
+        msg = error_of(client.post(path, content=deep, headers={"Content-Type": "application/json"}), 400)
+        assert msg.startswith("the JSON body is nested too deeply")
+    still_serving(client)
+
+
+def test_blank_or_spaced_tokens_are_refused(session):
+    for token in (" ", "\t", "  \n"):
+        with pytest.raises(ValueError, match="^the token is blank: give a token of visible characters"):
+            create_app(session, token=token)
+    with pytest.raises(ValueError, match="holds spaces or control characters"):
+        create_app(session, token="two words")
+    create_app(session, token="s3cret-token")  # a real token is fine
+
+
 def test_images_over_the_pixel_limit_are_refused_before_decoding(session, data_dir):
     # a 5000 x 4000 PNG is 20 MP but compresses to a few kB: the header is checked before pixels are read
     big = png_bytes(Image.new("L", (5000, 4000), 255))
@@ -559,7 +587,7 @@ def test_a_classifier_checkpoint_shows_top_k_classes(tmp_path, lines):
 class _BoxAgent(Agent):
     """A detector-style agent: postprocess turns the objectness map into boxes around its strong cells."""
 
-    def postprocess(self, outputs):
+    def postprocess(self, outputs, inputs=()):
         obj = outputs[0, 0]
         ys, xs = torch.nonzero(obj > obj.mean(), as_tuple=True)
         boxes = torch.stack([xs * 2, ys * 2, xs * 2 + 2, ys * 2 + 2], 1).float()

@@ -74,6 +74,8 @@ def test_any_other_address_gets_a_generated_token(session):
         assert httpx.get(base + f"api/info?token={server.token}", timeout=30).status_code == 200
     with pytest.raises(ValueError, match="needs a token"):
         InspectorServer(session, host="0.0.0.0", token="")
+    with pytest.raises(ValueError, match="the token is blank"):
+        InspectorServer(session, host="127.0.0.1", token=" ")
     other = InspectorServer(session, host="0.0.0.0")
     assert other.token != server.token  # generated afresh each time
     other.stop()
@@ -101,7 +103,7 @@ def test_show_runs_in_the_background_and_embeds_the_page(crnn_checkpoint, data_d
         show(data_dir / "missing.pt")
 
 
-def test_cli_refuses_bad_input_with_a_message(tmp_path, crnn_checkpoint, capsys):
+def test_cli_refuses_bad_input_with_a_message(tmp_path, crnn_checkpoint, capsys, bomb_png):
     assert cli.main(["inspect", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["inspect", str(crnn_checkpoint), "--image", str(tmp_path / "no.png")]) == 2
@@ -113,6 +115,14 @@ def test_cli_refuses_bad_input_with_a_message(tmp_path, crnn_checkpoint, capsys)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert cli.main(["inspect", str(tmp_path / "bad.pt")]) == 2
     assert "bad.pt" in capsys.readouterr().err
+    assert cli.main(["inspect", str(crnn_checkpoint), "--token", " "]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["dawnet: error: --token: the token is blank: give a token of visible "
+                                        "characters (or none to generate one)"]
+    (tmp_path / "bomb.png").write_bytes(bomb_png)
+    assert cli.main(["inspect", str(crnn_checkpoint), "--image", str(tmp_path / "bomb.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "bomb.png" in err and "decompression bomb" in err
 
 
 @pytest.mark.slow

@@ -11,32 +11,37 @@ a numpy array or a tensor of one text line::
     agent = CTCAgent(create_model("crnn", num_classes=cs.num_ctc_classes), opt, charset=cs)
     agent.fit(train_loader, epochs=10, val=val_loader)
     agent.infer("line.png")                       # -> "the text"
+    agent.read(["a.png", "b.png"])                # -> [Reading(text, confidences, frames, notes), ...]
+    agent.read_batch(batch["images"], batch["widths"])   # a padded batch -> readings
     agent.set_decoder(beam=10, lm=CharNgramLM.load("lm.json.gz"), lm_weight=0.5, bonus=1.0)
+
+Every way of reading (``infer``, ``read``, ``read_lines``, ``read_batch``, ``read_outputs``, validation)
+goes through the agent's one decoder setting, so they give the same text for the same line.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from rapidfuzz.distance import Levenshtein
 
 from dawnet.agent import Agent
 from dawnet.inputs import load_image
 from dawnet.ocr import decode as D
+from dawnet.ocr import metrics as M
 from dawnet.ocr.charset import Charset
 from dawnet.ocr.data.datasets import to_tensor
+from dawnet.ocr.decode import Reading
 from dawnet.ocr.lm import CharNgramLM
-from dawnet.ocr.metrics import Normalization
 
-__all__ = ["CTCAgent", "AttentionAgent", "DecoderConfig", "LineTargets", "LineImageError", "recognizer_agent",
-           "prepare_line", "cer", "wer", "line_accuracy"]
+__all__ = ["CTCAgent", "AttentionAgent", "DecoderConfig", "LineTargets", "LineImageError", "Reading",
+           "recognizer_agent", "prepare_line", "pad_lines"]
 
 MAX_LINE_ASPECT = 200  # width / height beyond this is a page or a banner, not a line
 MIN_SOURCE_HEIGHT = 8  # px; a line image shorter than this has no readable text
@@ -74,39 +79,20 @@ class DecoderConfig:
             raise ValueError(f"beam must be an integer >= 1, got {self.beam!r}")
 
 
-# -- metrics: (predictions, targets) -> (total, count), summed exactly over batches and ranks --------------
-
 def _texts(targets) -> list[str]:
     return list(targets.texts if isinstance(targets, LineTargets) else targets)
 
 
-def _normalized(predictions: Sequence[str], targets) -> tuple[list[str], list[str]]:
-    """Both sides through the metrics module's default normalization (NFC, whitespace runs collapsed), so the
-    per-batch sums here agree with :func:`dawnet.ocr.metrics.text_metrics` over the same lines."""
-    norm = Normalization()
-    return [norm(p) for p in predictions], [norm(r) for r in _texts(targets)]
+DEFAULT_METRICS = {"cer": M.batch_cer, "wer": M.batch_wer}
+# names under which checkpoints written before the metrics moved to dawnet.ocr.metrics stored them
+_STORED_METRIC_NAMES = {"cer": M.batch_cer, "wer": M.batch_wer, "line_accuracy": M.batch_line_accuracy}
 
 
-def cer(predictions: Sequence[str], targets) -> tuple[float, float]:
-    """Character error rate: edit distance summed over lines / reference characters."""
-    hyps, refs = _normalized(predictions, targets)
-    return float(sum(Levenshtein.distance(h, r) for h, r in zip(hyps, refs))), float(sum(len(r) for r in refs))
-
-
-def wer(predictions: Sequence[str], targets) -> tuple[float, float]:
-    """Word error rate: word-level edit distance / reference words (words split on whitespace)."""
-    hyps, refs = _normalized(predictions, targets)
-    edits = sum(Levenshtein.distance(h.split(), r.split()) for h, r in zip(hyps, refs))
-    return float(edits), float(sum(len(r.split()) for r in refs))
-
-
-def line_accuracy(predictions: Sequence[str], targets) -> tuple[float, float]:
-    """Fraction of lines read exactly."""
-    hyps, refs = _normalized(predictions, targets)
-    return float(sum(h == r for h, r in zip(hyps, refs))), float(len(refs))
-
-
-DEFAULT_METRICS = {"cer": cer, "wer": wer}
+def __getattr__(name: str):
+    # ``dawnet.ocr.agents:cer`` in an older checkpoint's metrics resolves to the one implementation
+    if name in _STORED_METRIC_NAMES:
+        return _STORED_METRIC_NAMES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- raw line images -> model input ---------------------------------------------------------------------
@@ -174,10 +160,36 @@ def prepare_line(raw, height: int, min_width: int = 4, max_width: int = 16384) -
     return x, notes
 
 
+def pad_lines(lines: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Line tensors ``(1, 1, H, w_i)`` (what :func:`prepare_line` gives) -> a zero-padded batch
+    ``(N, 1, H, max w)`` and the widths ``(N,)``: zero is blank paper, as in the training batches."""
+    if not lines:
+        raise ValueError("no lines to batch")
+    heights = {int(t.shape[-2]) for t in lines}
+    if len(heights) != 1:
+        raise ValueError(f"lines of different heights {sorted(heights)} cannot share a batch; prepare them at the "
+                         "model's height (prepare_line(image, agent.height))")
+    widths = torch.tensor([int(t.shape[-1]) for t in lines])
+    x = torch.zeros(len(lines), 1, heights.pop(), int(widths.max()), dtype=lines[0].dtype)
+    for j, t in enumerate(lines):
+        x[j, :, :, :t.shape[-1]] = t.reshape(1, t.shape[-2], t.shape[-1])
+    return x, widths
+
+
+def _raw_images(images) -> list:
+    """``read``'s argument as a list: one image (path, PIL, numpy, tensor) or a sequence of them."""
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+        return [images]
+    if isinstance(images, Sequence):
+        return list(images)
+    raise TypeError(f"read() takes a line image (path, PIL image, numpy array, tensor) or a list of them, got "
+                    f"{type(images).__name__}")
+
+
 # -- agents -----------------------------------------------------------------------------------------------
 
 class _RecognizerAgent(Agent):
-    """Shared parts of the CTC and attention agents: charset, decoder settings, batches, raw lines."""
+    """Shared parts of the CTC and attention agents: charset, decoder settings, batches, reading raw lines."""
 
     def __init__(self, model, optimizer, loss=None, schedule=None, metrics=None, device="auto", callbacks=(), *,
                  charset: Charset | Mapping | str, decoder: DecoderConfig | Mapping | None = None, **kwargs):
@@ -208,7 +220,7 @@ class _RecognizerAgent(Agent):
 
     def set_decoder(self, beam: int | None = None, lm: CharNgramLM | None = None, lm_weight: float | None = None,
                     bonus: float | None = None, prune: float | None = None) -> None:
-        """Change how outputs are decoded (validation, ``infer``); None leaves a setting as it is."""
+        """Change how outputs are decoded (validation, ``infer``, ``read``); None leaves a setting as it is."""
         cfg = asdict(self.decoder)
         cfg.update({k: v for k, v in {"beam": beam, "lm_weight": lm_weight, "bonus": bonus, "prune": prune}.items()
                     if v is not None})
@@ -219,6 +231,12 @@ class _RecognizerAgent(Agent):
                 raise ValueError(f"the LM knows only {len(self.charset) - len(missing)} of the charset's "
                                  f"{len(self.charset)} characters: was it trained for another alphabet?")
             self.lm = lm
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the decoder is plain greedy decoding (beam 1, no LM weight, no bonus)."""
+        d = self.decoder
+        return d.beam == 1 and (self.lm is None or d.lm_weight == 0) and d.bonus == 0
 
     @property
     def height(self) -> int:
@@ -240,24 +258,73 @@ class _RecognizerAgent(Agent):
         raise TypeError("a line batch is (images, widths, texts), (images, texts) or a dict with those keys; "
                         f"got {type(batch).__name__}")
 
+    # -- the task hooks: inputs are (images, widths) or, attention training, (images, widths, decoder inputs)
+
     def prepare(self, raw) -> tuple:
         x, self.notes = prepare_line(raw, self.height, self.model.min_width)
-        widths = torch.tensor([x.shape[-1]])
-        self._inputs = (x, widths, True)
-        return x, widths
+        return x, torch.tensor([x.shape[-1]])
 
-    def decode(self, outputs, inputs=None) -> list[str]:
+    def predict(self, outputs, inputs) -> list[str]:
+        return self.decode(outputs, *inputs[:2], teacher_forced=len(inputs) > 2)
+
+    def postprocess(self, outputs, inputs) -> str:
+        return self.decode(outputs, *inputs[:2])[0]
+
+    # -- reading: one decoder setting for every path ---------------------------------------------------
+
+    def decode(self, outputs, x: torch.Tensor | None = None, widths: torch.Tensor | None = None, *,
+               teacher_forced: bool = False) -> list[str]:
+        """Texts of the model's outputs for the batch ``x`` (``widths``), with the agent's decoder.
+
+        Only the text: :meth:`read_outputs` adds confidences and frames. ``teacher_forced``: the outputs
+        came from a teacher-forced pass (attention training), so the lines are decoded afresh from ``x``.
+        """
         raise NotImplementedError
 
-    def predict(self, outputs) -> list[str]:
-        return self.decode(outputs, getattr(self, "_inputs", None))
+    def read_outputs(self, outputs, x: torch.Tensor | None = None, widths: torch.Tensor | None = None
+                     ) -> list[Reading]:
+        """Readings (text, confidences, frames) of the outputs of a free-running ``model(x, widths)``."""
+        raise NotImplementedError
 
-    def postprocess(self, outputs) -> str:
-        return self.decode(outputs, getattr(self, "_inputs", None))[0]
+    @torch.inference_mode()
+    def read_batch(self, x: torch.Tensor, widths: torch.Tensor | None = None) -> list[Reading]:
+        """Readings of a padded batch ``x`` (N, 1, H, W) of prepared lines (ink 1, paper 0: what
+        ``collate_lines`` gives) with valid ``widths`` (N,); eval mode inside, the model's mode restored."""
+        x = x.to(self.device)
+        widths = None if widths is None else torch.as_tensor(widths).to(self.device)
+        was = self.model.training
+        self.model.eval()
+        try:
+            return self.read_outputs(self.model(x, widths), x, widths)
+        finally:
+            self.model.train(was)
 
-    def read(self, images: Sequence) -> list[str]:
-        """Texts of several raw line images, one by one (each keeps its own width)."""
-        return [self.infer(im) for im in images]
+    def read_lines(self, lines: Sequence[torch.Tensor], batch_size: int = 16) -> list[Reading]:
+        """Readings of prepared lines (each ``(1, 1, H, w)``, from :func:`prepare_line`), in their order,
+        read in width-sorted padded batches of ``batch_size``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = sorted(range(len(lines)), key=lambda i: lines[i].shape[-1])
+        out: list[Reading | None] = [None] * len(lines)
+        for s in range(0, len(order), batch_size):
+            chunk = order[s:s + batch_size]
+            for i, reading in zip(chunk, self.read_batch(*pad_lines([lines[i] for i in chunk]))):
+                out[i] = reading
+        return out
+
+    def read(self, images, batch_size: int = 16) -> list[Reading]:
+        """Readings of raw line images (paths, PIL images, numpy arrays, tensors; one or a list), in their
+        order; each reading's ``notes`` say what preparing its image did. An image that cannot be a text
+        line raises :class:`LineImageError` naming it."""
+        prepared = []
+        for i, raw in enumerate(_raw_images(images)):
+            try:
+                prepared.append(prepare_line(raw, self.height, self.model.min_width))
+            except LineImageError as e:
+                name = str(raw) if isinstance(raw, (str, os.PathLike)) else f"image {i}"
+                raise LineImageError(f"{name}: {e}") from None
+        readings = self.read_lines([x for x, _ in prepared], batch_size)
+        return [replace(r, notes=tuple(notes)) for r, (_, notes) in zip(readings, prepared)]
 
 
 class CTCAgent(_RecognizerAgent):
@@ -268,11 +335,11 @@ class CTCAgent(_RecognizerAgent):
         decoder: a :class:`DecoderConfig` or its dict (greedy by default).
     """
 
+    kind = "ctc"
     expected_classes = "num_ctc_classes"
 
     def unpack(self, batch):
         images, widths, texts = self._split(batch)
-        self._inputs = (images, widths, True)
         return (images, widths), LineTargets(texts)
 
     def compute_loss(self, outputs, targets) -> torch.Tensor:
@@ -283,15 +350,24 @@ class CTCAgent(_RecognizerAgent):
                           zero_infinity=True)  # lines too long for their width add 0 instead of inf
         return loss / log_probs.shape[0]
 
-    def decode(self, outputs, inputs=None) -> list[str]:
-        log_probs, lengths = outputs
+    def _search(self, log_probs, lengths) -> list[list[int]]:
         d = self.decoder
-        if d.beam == 1 and (self.lm is None or d.lm_weight == 0) and d.bonus == 0:
+        return D.ctc_beam_search(log_probs, lengths, d.beam, self.lm, self.charset, d.lm_weight, d.bonus,
+                                 self.charset.blank, d.prune)
+
+    def decode(self, outputs, x=None, widths=None, *, teacher_forced=False) -> list[str]:
+        log_probs, lengths = outputs
+        if self.greedy:
             ids = D.ctc_greedy(log_probs, lengths, blank=self.charset.blank)
         else:
-            ids = D.ctc_beam_search(log_probs, lengths, d.beam, self.lm, self.charset, d.lm_weight, d.bonus,
-                                    self.charset.blank, d.prune)
+            ids = self._search(log_probs, lengths)
         return [self.charset.decode(i) for i in ids]
+
+    def read_outputs(self, outputs, x=None, widths=None) -> list[Reading]:
+        log_probs, lengths = outputs
+        if self.greedy:
+            return D.ctc_greedy_readings(log_probs, lengths, self.charset, self.charset.blank)
+        return D.ctc_readings(log_probs, lengths, self._search(log_probs, lengths), self.charset, self.charset.blank)
 
 
 class AttentionAgent(_RecognizerAgent):
@@ -307,6 +383,7 @@ class AttentionAgent(_RecognizerAgent):
             ``loss = (1 - w) * cross-entropy + w * CTC``, both per character (Kim et al. 2017).
     """
 
+    kind = "attention"
     expected_classes = "num_attn_classes"
 
     def __init__(self, *args, label_smoothing: float = 0.0, ctc_weight: float = 0.3, **kwargs):
@@ -318,17 +395,24 @@ class AttentionAgent(_RecognizerAgent):
     def config(self) -> dict:
         return {**super().config(), "label_smoothing": self.label_smoothing, "ctc_weight": self.ctc_weight}
 
+    def _teacher_inputs(self, seqs: Sequence[Sequence[int]], length: int | None = None) -> torch.Tensor:
+        """Decoder inputs ``[start, c1, ..., cn, pad...]`` (N, length) for id sequences."""
+        cs = self.charset
+        s = length if length is not None else max(len(q) for q in seqs) + 1
+        dec_in = torch.zeros(len(seqs), s, dtype=torch.long)
+        for i, q in enumerate(seqs):
+            row = [cs.start, *q][:s]
+            dec_in[i, :len(row)] = torch.tensor(row)
+        return dec_in
+
     def unpack(self, batch):
         images, widths, texts = self._split(batch)
         cs = self.charset
         seqs = [cs.encode(t) for t in texts]
-        s = max(len(q) for q in seqs) + 1
-        dec_in = torch.zeros(len(seqs), s, dtype=torch.long)
-        dec_out = torch.zeros(len(seqs), s, dtype=torch.long)  # pad 0 is ignored by the loss
+        dec_in = self._teacher_inputs(seqs)
+        dec_out = torch.zeros_like(dec_in)  # pad 0 is ignored by the loss
         for i, q in enumerate(seqs):
-            dec_in[i, :len(q) + 1] = torch.tensor([cs.start, *q])
             dec_out[i, :len(q) + 1] = torch.tensor([*q, cs.end])
-        self._inputs = (images, widths, False)  # teacher-forced: decode() re-runs free decoding
         return (images, widths, dec_in.to(images.device)), LineTargets(texts, dec_out.to(images.device))
 
     def compute_loss(self, outputs, targets) -> torch.Tensor:
@@ -348,31 +432,50 @@ class AttentionAgent(_RecognizerAgent):
         return loss
 
     @torch.no_grad()
-    def decode(self, outputs, inputs=None) -> list[str]:
-        """Text of each line. Teacher-forced outputs are never scored: with the inputs at hand, the lines
-        are decoded freely from the encoder (greedy, or beam + LM per the decoder settings)."""
-        d = self.decoder
-        greedy = d.beam == 1 and (self.lm is None or d.lm_weight == 0) and d.bonus == 0
+    def _ids(self, outputs, x, widths, teacher_forced: bool):
+        """Decoded ids per line, and either the (N, S, C) logits whose step ``s`` chose id ``s`` (greedy) or
+        the encoder output ``(features, lengths)`` the beam search ran on (beam)."""
         logits, lengths = outputs[:2]  # a third output (the encoder's CTC) is for the loss only
-        free_run = inputs is None or inputs[2]
-        if greedy and free_run:
-            return [self.charset.decode(i) for i in D.attention_greedy(logits, lengths, self.charset.end)]
-        if inputs is None:
-            raise ValueError("attention beam decoding needs the model inputs; use agent.infer or agent.evaluate")
-        x, widths = (t if t is None else t.to(self.device) for t in inputs[:2])
+        if self.greedy and not teacher_forced:
+            return D.attention_greedy(logits, lengths, self.charset.end), logits, None
+        if x is None:
+            raise ValueError("attention beam decoding and teacher-forced outputs need the model inputs: pass x and "
+                             "widths (or use agent.read / agent.read_batch)")
+        x = x.to(self.device)
+        widths = None if widths is None else torch.as_tensor(widths).to(self.device)
         was = self.model.training
         self.model.eval()
         try:
             features, flens = self.model.forward_features(x, widths)
-            if greedy:
+            if self.greedy:
                 logits, lens = self.model.forward_head(features, flens)
-                ids = D.attention_greedy(logits, lens, self.charset.end)
-            else:
-                ids = D.attention_beam_search(self.model.head, features, flens, d.beam, self.lm, self.charset,
-                                              d.lm_weight, d.bonus, self.model.max_length)
+                return D.attention_greedy(logits, lens, self.charset.end), logits, None
+            d = self.decoder
+            ids = D.attention_beam_search(self.model.head, features, flens, d.beam, self.lm, self.charset,
+                                          d.lm_weight, d.bonus, self.model.max_length)
+            return ids, None, (features, flens)
         finally:
             self.model.train(was)
+
+    def decode(self, outputs, x=None, widths=None, *, teacher_forced=False) -> list[str]:
+        """Text of each line. Teacher-forced outputs are never scored: with the inputs at hand, the lines
+        are decoded freely from the encoder (greedy, or beam + LM per the decoder settings)."""
+        ids, _, _ = self._ids(outputs, x, widths, teacher_forced)
         return [self.charset.decode(i) for i in ids]
+
+    @torch.no_grad()
+    def read_outputs(self, outputs, x=None, widths=None) -> list[Reading]:
+        ids, logits, encoded = self._ids(outputs, x, widths, teacher_forced=False)
+        if logits is None:  # beam: the model's own step probabilities of the ids found, teacher-forced
+            features, flens = encoded
+            was = self.model.training
+            self.model.eval()
+            try:
+                dec_in = self._teacher_inputs(ids, max(1, max(len(i) for i in ids))).to(features.device)
+                logits = self.model.head.mask_specials(self.model.head(features, flens, dec_in))
+            finally:
+                self.model.train(was)
+        return D.attention_readings(logits, ids, self.charset)
 
 
 def recognizer_agent(model, optimizer, charset: Charset, **kwargs) -> _RecognizerAgent:

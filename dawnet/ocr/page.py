@@ -43,6 +43,7 @@ class PageLine:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 page pixels
     score: float
     text: str
+    confidences: tuple[float, ...] = ()  # the recognizer's probability of each character (Reading.confidences)
 
 
 @dataclass
@@ -73,9 +74,9 @@ def _agent(obj, kind: str):
             from dawnet.ocr.detection import load_detector
 
             return load_detector(obj)
-        from dawnet.commands.eval import load_recognizer
+        from dawnet.ocr.reading import load_recognizer
 
-        return load_recognizer(str(obj))
+        return load_recognizer(obj)
     return obj
 
 
@@ -94,39 +95,29 @@ def crop_lines(page: Image.Image, boxes, pad: tuple[float, float] = CROP_PAD) ->
     return crops
 
 
-@torch.no_grad()
 def recognize_crops(
     recognizer, crops: Sequence[Image.Image], batch_size: int = 16
 ) -> tuple[list[str | None], list]:
     """Texts of line crops, read in width-sorted padded batches; None (and why) where a crop is no line."""
+    return _read_crops(recognizer, crops, batch_size)[:2]
+
+
+def _read_crops(recognizer, crops: Sequence[Image.Image], batch_size: int):
+    """Texts (None where a crop is no line), ``(index, why)`` for those, and ``{index: Reading}`` of the others."""
     from dawnet.ocr.agents import LineImageError, prepare_line
 
-    tensors, errors = [], []
+    lines, index, errors = [], [], []
     for i, crop in enumerate(crops):
         try:
-            tensors.append((i, prepare_line(crop, recognizer.height, recognizer.model.min_width)[0]))
+            lines.append(prepare_line(crop, recognizer.height, recognizer.model.min_width)[0])
+            index.append(i)
         except LineImageError as e:
             errors.append((i, str(e)))
     texts: list[str | None] = [None] * len(crops)
-    tensors.sort(key=lambda t: t[1].shape[-1])
-    model = recognizer.model
-    was = model.training
-    model.eval()
-    try:
-        for s in range(0, len(tensors), batch_size):
-            chunk = tensors[s : s + batch_size]
-            wmax = max(t.shape[-1] for _, t in chunk)
-            x = torch.zeros(len(chunk), 1, recognizer.height, wmax)
-            for j, (_, t) in enumerate(chunk):
-                x[j, :, :, : t.shape[-1]] = t[0]
-            widths = torch.tensor([t.shape[-1] for _, t in chunk])
-            x, widths = x.to(recognizer.device), widths.to(recognizer.device)
-            out = model(x, widths)
-            for (i, _), text in zip(chunk, recognizer.decode(out, (x, widths, True))):
-                texts[i] = text
-    finally:
-        model.train(was)
-    return texts, errors
+    readings = recognizer.read_lines(lines, batch_size) if lines else []
+    for i, reading in zip(index, readings):
+        texts[i] = reading.text
+    return texts, errors, dict(zip(index, readings))
 
 
 def read_page(
@@ -144,20 +135,20 @@ def read_page(
 
     Returns a :class:`PageResult`: lines in reading order (top to bottom, left to right within a row).
     """
-    from dawnet.ocr.detection import _gray
+    from dawnet.ocr.boxes import gray_page
 
     detector, recognizer = _agent(detector, "detector"), _agent(recognizer, "recognizer")
-    im = _gray(page)
+    im = gray_page(page)
     t0 = time.perf_counter()
     det = detector.infer(im)
     t1 = time.perf_counter()
     crops = crop_lines(im, det["boxes"], pad)
-    texts, errors = recognize_crops(recognizer, crops, batch_size)
+    texts, errors, readings = _read_crops(recognizer, crops, batch_size)
     t2 = time.perf_counter()
     result = PageResult(seconds={"detect": t1 - t0, "recognize": t2 - t1})
-    for box, score, text in zip(det["boxes"].tolist(), det["scores"].tolist(), texts):
-        if text is not None:
-            result.lines.append(PageLine(tuple(box), float(score), text))
+    for i, (box, score) in enumerate(zip(det["boxes"].tolist(), det["scores"].tolist())):
+        if i in readings:
+            result.lines.append(PageLine(tuple(box), float(score), readings[i].text, readings[i].confidences))
     result.skipped = [f"box {[round(v) for v in det['boxes'][i].tolist()]}: {why}" for i, why in errors]
     return result
 
@@ -174,7 +165,7 @@ def evaluate_pages(
     """
     from tqdm.auto import tqdm
 
-    from dawnet.ocr.detection import order_lines
+    from dawnet.ocr.boxes import order_lines
     from dawnet.ocr.metrics import cer, text_metrics, wer
 
     if isinstance(pages, (str, os.PathLike)):
@@ -254,21 +245,18 @@ def run_page_command(args) -> int:
     With ``--recognizer`` every positional argument is a page; without it the first positional argument is
     the recognizer checkpoint (as in ``dawnet read CHECKPOINT IMAGE...``). ``--json`` prints one object per
     page (text, lines with boxes and scores); ``--boxes`` prints ``x0,y0,x1,y1<TAB>score<TAB>text`` lines.
+    Bad input raises ValueError / FileNotFoundError with a one-line message (the CLI prints it, exit 2).
     """
-    from dawnet.commands import CommandError
-    from dawnet.commands.eval import configure_decoder, load_recognizer
     from dawnet.ocr.detection import load_detector
+    from dawnet.ocr.reading import configure_decoder, load_recognizer
 
     positional = [a for a in [getattr(args, "checkpoint", None), *(getattr(args, "images", None) or [])] if a]
     recognizer_path = args.recognizer or (positional.pop(0) if positional else None)
     images = positional
     if recognizer_path is None or not images:
-        raise CommandError("page reading needs a recognizer and at least one page: dawnet read --detector "
+        raise ValueError("page reading needs a recognizer and at least one page: dawnet read --detector "
                            "DET.pt --recognizer REC.pt PAGE.png [PAGE.png ...]")
-    try:
-        detector = load_detector(args.detector)
-    except (ValueError, FileNotFoundError) as e:
-        raise CommandError(str(e)) from None
+    detector = load_detector(args.detector)
     recognizer = load_recognizer(recognizer_path)
     configure_decoder(
         recognizer,
@@ -302,5 +290,5 @@ def run_page_command(args) -> int:
             else:
                 print(line.text)
     if failed == len(images):
-        raise CommandError(f"no page could be read ({failed} failed; see the messages above)")
+        raise ValueError(f"no page could be read ({failed} failed; see the messages above)")
     return 1 if failed else 0

@@ -86,6 +86,106 @@ def test_infer_from_path_pil_numpy_and_tensor(tmp_path, lines):
     assert isinstance(agent.infer(torch.from_numpy(np.asarray(lines[1]).copy())), str)
 
 
+# -- reading: read / read_lines / read_batch / read_outputs, one decoder setting --------------------------
+
+@pytest.mark.parametrize("kind, decoder", [("ctc", {}), ("ctc", {"beam": 3, "bonus": 0.5}), ("attn", {}),
+                                           ("attn", {"beam": 3, "bonus": 0.5})])
+def test_read_gives_what_infer_and_validation_decode_give(lines, kind, decoder):
+    cs = Charset.from_texts(TEXTS)
+    agent = _agent(kind, cs, decoder=decoder)
+    agent.learn(_batch(lines, TEXTS))  # not all blanks: a step of learning gives the model some output
+    singles = [agent.infer(im) for im in lines]
+    readings = agent.read(lines, batch_size=3)  # two padded batches, width-sorted
+    assert [r.text for r in readings] == singles
+    for r in readings:
+        assert len(r.confidences) == len(r.text) and all(0.0 < c <= 1.0 for c in r.confidences)
+        assert (r.frames is None) == (kind == "attn") and r.notes == ()
+        if kind == "ctc":
+            assert len(r.frames) == len(r.text) and list(r.frames) == sorted(set(r.frames))
+    batch = _batch(lines, TEXTS)
+    got = agent.read_batch(batch["images"], batch["widths"])
+    assert [r.text for r in got] == singles
+    inputs, _ = agent.unpack(batch)  # attention: teacher-forcing inputs; predict decodes freely from the images
+    agent.model.eval()
+    with torch.no_grad():
+        assert agent.predict(agent.model(*inputs), inputs) == singles
+    assert agent.model.training is False
+    agent.model.train()
+    agent.read_batch(batch["images"], batch["widths"])
+    assert agent.model.training  # read_batch restores the mode
+
+
+def test_ctc_read_batch_confidences_are_the_softmax_maxima_of_the_model_output(lines):
+    cs = Charset.from_texts(TEXTS)
+    agent = _agent("ctc", cs)
+    agent.learn(_batch(lines, TEXTS))
+    batch = _batch(lines, TEXTS)
+    agent.model.eval()
+    with torch.no_grad():
+        log_probs, lengths = agent.model(batch["images"], batch["widths"])
+    probs = log_probs.softmax(-1)
+    for i, r in enumerate(agent.read_batch(batch["images"], batch["widths"])):
+        best = probs[i, :int(lengths[i])].argmax(-1)
+        for frame, conf in zip(r.frames, r.confidences):
+            run_end = frame
+            while run_end + 1 < len(best) and best[run_end + 1] == best[frame]:
+                run_end += 1
+            assert conf == pytest.approx(float(probs[i, frame:run_end + 1, best[frame]].max()), abs=1e-6)
+
+
+def test_attention_beam_confidences_equal_the_greedy_ones_when_the_beam_finds_the_greedy_line(lines):
+    """Beam readings take each character's probability from a teacher-forced pass over the ids found; when
+    beam 1 (a vanishing bonus keeps it a beam search) finds greedy's line, they are greedy's probabilities."""
+    cs = Charset.from_texts(TEXTS)
+    agent = _agent("attn", cs)
+    agent.learn(_batch(lines, TEXTS))
+    batch = _batch(lines, TEXTS)
+    greedy = agent.read_batch(batch["images"], batch["widths"])
+    agent.set_decoder(beam=1, bonus=1e-12)
+    assert not agent.greedy
+    beam = agent.read_batch(batch["images"], batch["widths"])
+    assert [r.text for r in beam] == [r.text for r in greedy]
+    for a, b in zip(beam, greedy):
+        assert a.confidences == pytest.approx(b.confidences, abs=1e-5)
+
+
+def test_read_takes_one_image_or_a_list_notes_conversions_and_names_bad_images(tmp_path, lines):
+    cs = Charset.from_texts(TEXTS)
+    agent = _agent("ctc", cs)
+    path = tmp_path / "line.png"
+    lines[1].convert("RGB").save(path)
+    (one,) = agent.read(str(path))
+    assert one.text == agent.infer(lines[1].convert("RGB")) and any("colour" in n for n in one.notes)
+    assert [r.text for r in agent.read([np.asarray(lines[0]), lines[2]])] == [agent.infer(lines[0]),
+                                                                              agent.infer(lines[2])]
+    with pytest.raises(LineImageError, match=r"^image 1: the image is blank"):
+        agent.read([lines[0], Image.new("L", (200, 40), 255)])
+    with pytest.raises(TypeError, match=r"read\(\) takes a line image"):
+        agent.read(42)
+
+
+def test_pad_lines_pads_with_paper_and_refuses_mixed_heights():
+    from dawnet.ocr.agents import pad_lines
+
+    a, b = torch.ones(1, 1, 4, 3), torch.full((1, 1, 4, 5), 0.5)
+    x, widths = pad_lines([a, b])
+    assert x.shape == (2, 1, 4, 5) and widths.tolist() == [3, 5]
+    assert x[0, 0, :, :3].eq(1).all() and x[0, 0, :, 3:].eq(0).all() and x[1].eq(0.5).all()
+    with pytest.raises(ValueError, match="different heights"):
+        pad_lines([a, torch.ones(1, 1, 5, 3)])
+
+
+def test_agent_kinds_and_metrics_from_the_metrics_module():
+    from dawnet.ocr import agents, metrics
+
+    cs = Charset.from_texts(TEXTS)
+    assert (_agent("ctc", cs).kind, _agent("attn", cs).kind) == ("ctc", "attention")
+    assert _agent("ctc", cs).metrics == {"cer": metrics.batch_cer, "wer": metrics.batch_wer}
+    # the names older checkpoints stored resolve to the same implementation
+    assert (agents.cer, agents.wer, agents.line_accuracy) == (metrics.batch_cer, metrics.batch_wer,
+                                                             metrics.batch_line_accuracy)
+
+
 # -- batches, losses, checkpoints -------------------------------------------------------------------------
 
 def test_attention_unpack_builds_teacher_forcing_inputs(lines):
@@ -120,7 +220,9 @@ def test_joint_ctc_attention_loss_mixes_both_per_character(lines):
     assert float(plain.compute_loss(out, targets).detach()) == pytest.approx(float(ce.detach()))
     assert float(joint.compute_loss(out, targets).detach()) == pytest.approx(float((0.6 * ce + 0.4 * ctc).detach()))
     assert joint.config()["ctc_weight"] == 0.4
-    assert plain.decode(out, (inputs[0], inputs[1], False))  # the third output never reaches decoding
+    # the third output never reaches decoding: teacher-forced outputs are decoded afresh from the images
+    assert plain.decode(out, inputs[0], inputs[1], teacher_forced=True) == [
+        r.text for r in plain.read_batch(*inputs[:2])]
     with pytest.raises(ValueError, match="ctc_weight"):
         AttentionAgent(model, opt, charset=cs, device="cpu", ctc_weight=1.0)
 

@@ -146,3 +146,120 @@ def test_attention_greedy_stops_at_end():
         logits[1, i, tok] = 0.0
     assert D.attention_greedy(logits, None, end_id=4) == [[1, 2], [3, 3, 3, 3, 3]]
     assert math.isfinite(float(logits.sum()))
+
+
+# -- readings: text, per-character confidences, CTC frames -----------------------------------------------
+
+def _peaked(frames, probs, classes=3):
+    """(1, T, C) log-probs whose frame t puts ``probs[t]`` on class ``frames[t]``, the rest spread evenly."""
+    p = torch.empty(1, len(frames), classes, dtype=torch.float64)
+    for t, (c, q) in enumerate(zip(frames, probs)):
+        p[0, t] = (1 - q) / (classes - 1)
+        p[0, t, c] = q
+    return p.log().float()
+
+
+def test_ctc_greedy_readings_give_run_maxima_and_start_frames():
+    # frames: a a _ a b b _ _ b -> "aabb"; confidences: the best probability within each character's run
+    frames = [1, 1, 0, 1, 2, 2, 0, 0, 2]
+    probs = [0.6, 0.9, 0.8, 0.7, 0.5, 0.95, 0.99, 0.6, 0.8]
+    lp = _peaked(frames, probs)
+    (r,) = D.ctc_greedy_readings(lp, None, Charset("ab"))
+    assert r.text == "aabb" and str(r) == "aabb"
+    assert r.frames == (0, 3, 4, 8)
+    assert r.confidences == pytest.approx((0.9, 0.7, 0.95, 0.8), abs=1e-6)
+    # valid lengths: padded frames are neither read nor counted in a run's maximum
+    (r,) = D.ctc_greedy_readings(lp, torch.tensor([5]), Charset("ab"))
+    assert (r.text, r.frames) == ("aab", (0, 3, 4))
+    assert r.confidences == pytest.approx((0.9, 0.7, 0.5), abs=1e-6)
+    # the ids are exactly ctc_greedy's, which also takes the recognizer's (log_probs, lengths) output
+    assert D.ctc_greedy((lp, torch.tensor([5]))) == [[1, 1, 2]]
+
+
+def test_ctc_greedy_readings_match_ctc_greedy_on_random_batches():
+    g = torch.Generator().manual_seed(3)
+    lp = torch.randn(5, 23, 6, generator=g).log_softmax(-1)
+    lengths = torch.tensor([23, 1, 7, 20, 12])
+    cs = Charset("abcde")
+    got = D.ctc_greedy_readings(lp, lengths, cs)
+    assert [r.text for r in got] == [cs.decode(i) for i in D.ctc_greedy(lp, lengths)]
+    probs = lp.softmax(-1)
+    for i, r in enumerate(got):
+        best = probs[i].argmax(-1).tolist()
+        for frame, conf, ch in zip(r.frames, r.confidences, r.text):
+            assert best[frame] == cs.index(ch) and (frame == 0 or best[frame - 1] != best[frame])
+            end = frame
+            while end + 1 < int(lengths[i]) and best[end + 1] == best[frame]:
+                end += 1
+            assert conf == pytest.approx(float(probs[i, frame:end + 1, best[frame]].max()), abs=1e-7)
+
+
+def _best_forced_path(lp, ids):
+    """The most probable path over (T, C) log-probs that collapses to ``ids``, by enumeration (tiny T, C)."""
+    t, c = lp.shape
+    best, path = -math.inf, None
+    for p in itertools.product(range(c), repeat=t):
+        if _greedy_reference(p, t) == list(ids):
+            s = float(sum(lp[i, k] for i, k in enumerate(p)))
+            if s > best:
+                best, path = s, p
+    return path
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ctc_align_finds_the_most_probable_path_that_reads_the_ids(seed):
+    rng = np.random.default_rng(seed)
+    lp = np.log(rng.dirichlet(np.ones(3), size=6))  # T=6, C=3
+    ids = [[1, 2], [2, 2], [1], [1, 2, 1]][seed % 4]
+    path = _best_forced_path(lp, ids)
+    spans, prev = [], None
+    for t, c in enumerate(path):  # (first, last) frame of each character's run on that path
+        if c != 0 and c != prev:
+            spans.append([t, t])
+        elif c != 0:
+            spans[-1][1] = t
+        prev = c
+    assert D.ctc_align(lp, ids) == [tuple(s) for s in spans]
+
+
+def test_ctc_align_refuses_ids_the_frames_cannot_hold():
+    with pytest.raises(ValueError, match="cannot be read from 3 CTC frames"):
+        D.ctc_align(np.log(np.full((3, 3), 1 / 3)), [1, 1, 1])  # a a a needs blanks between: 5 frames
+
+
+def test_ctc_readings_of_the_greedy_ids_equal_the_greedy_readings():
+    g = torch.Generator().manual_seed(5)
+    lp = (3 * torch.randn(4, 19, 5, generator=g)).log_softmax(-1)
+    lengths = torch.tensor([19, 11, 4, 16])
+    cs = Charset("abcd")
+    greedy = D.ctc_greedy_readings(lp, lengths, cs)
+    aligned = D.ctc_readings(lp, lengths, D.ctc_greedy(lp, lengths), cs)
+    assert [(r.text, r.frames) for r in aligned] == [(r.text, r.frames) for r in greedy]
+    for a, b in zip(aligned, greedy):
+        assert a.confidences == pytest.approx(b.confidences, abs=1e-6)
+
+
+def test_attention_readings_are_the_softmax_probability_of_each_step():
+    cs = Charset("abc")  # pad 0, a b c 1..3, end 4, start 5
+    logits = torch.zeros(2, 3, 6)
+    logits[0, 0, 1], logits[0, 1, 3] = 2.0, 1.0
+    (r0, r1) = D.attention_readings(logits, [[1, 3], []], cs)
+    assert r0.text == "ac" and r0.frames is None
+    assert r0.confidences == pytest.approx((math.exp(2) / (math.exp(2) + 5), math.e / (math.e + 5)))
+    assert (r1.text, r1.confidences) == ("", ())
+
+
+def test_ctc_reader_takes_what_a_recognizer_returns_and_a_charset():
+    torch.manual_seed(0)
+    cs = Charset("abc ")
+    model = create_model("crnn_small", num_classes=cs.num_ctc_classes).eval()
+    x, widths = torch.rand(2, 1, 32, 64), torch.tensor([64, 40])
+    with torch.no_grad():
+        out = model(x, widths)
+    readings = D.ctc_reader(cs)(out)
+    assert [r.text for r in readings] == [cs.decode(i) for i in D.ctc_greedy(*out)]
+    assert [r.text for r in D.ctc_reader("abc ")(out[0])] == [cs.decode(i) for i in D.ctc_greedy(out[0])]
+    with pytest.raises(ValueError, match="has 5 classes but the charset has 2 characters"):
+        D.ctc_reader(Charset("ab"))(out)
+    with pytest.raises(ValueError, match=r"expected \(N, T, C\) CTC outputs"):
+        D.ctc_greedy(out[0][0])

@@ -99,3 +99,26 @@ def test_map_ranks_by_score():
     assert detection_map(gt, fp_high)["map50"] == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError, match="scores"):
         detection_map(gt, [{"boxes": [[0, 0, 1, 1]]}])
+
+
+def test_counts_behind_the_rates_and_the_agent_metric_order():
+    from dawnet.ocr.agents import LineTargets
+    from dawnet.ocr.metrics import (
+        batch_cer,
+        batch_line_accuracy,
+        batch_wer,
+        cer_counts,
+        line_accuracy_counts,
+        wer_counts,
+    )
+
+    refs, hyps = ["abcd", "x  y"], ["abd", "x y z"]  # NFC + collapsed spaces: "x y" vs "x y z"
+    assert cer_counts(refs, hyps) == (1 + 2, 4 + 3)
+    assert wer_counts(refs, hyps) == (1 + 1, 1 + 2)
+    assert line_accuracy_counts(refs, hyps) == (0, 2)
+    assert cer(refs, hyps) == 3 / 7 and wer(refs, hyps) == 2 / 3
+    # the Agent protocol: (predictions, targets), targets as texts or LineTargets
+    assert batch_cer(hyps, LineTargets(refs)) == cer_counts(refs, hyps) == batch_cer(hyps, refs)
+    assert batch_wer(hyps, refs) == (2, 3) and batch_line_accuracy(["abcd", "q"], refs) == (1, 2)
+    assert batch_cer(["ab"], ["abcdef"]) == (4, 6)  # the reference is the denominator, never the prediction
+    assert cer_counts([""], ["ab"]) == (2, 0)  # no characters: counts, not an error (a batch may have none)

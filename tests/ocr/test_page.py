@@ -161,7 +161,6 @@ def test_read_command_reads_pages_with_detector_and_recognizer(tmp_path, pages, 
     """The page mode of ``dawnet read``: a parser laid out as the read command's, real checkpoints."""
     import argparse
 
-    from dawnet.commands import CommandError
     from dawnet.ocr.models.yolo import yolo
     from dawnet.ocr.page import add_page_arguments, run_page_command
 
@@ -194,13 +193,13 @@ def test_read_command_reads_pages_with_detector_and_recognizer(tmp_path, pages, 
         ["--detector", str(tmp_path / "det.pt"), str(tmp_path / "rec.pt"), pages[0].path]
     )
     assert run_page_command(args) == 0
-    with pytest.raises(CommandError, match="not a text-line detector"):
+    with pytest.raises(ValueError, match="not a text-line detector"):
         run_page_command(
             parser.parse_args(
                 ["--detector", str(tmp_path / "rec.pt"), str(tmp_path / "rec.pt"), pages[0].path]
             )
         )
-    with pytest.raises(CommandError, match="at least one page"):
+    with pytest.raises(ValueError, match="at least one page"):
         run_page_command(
             parser.parse_args(["--detector", str(tmp_path / "det.pt"), str(tmp_path / "rec.pt")])
         )

@@ -242,7 +242,7 @@ def _from_array(a: np.ndarray, label: str) -> Image.Image:
             return Image.fromarray(a.astype(np.float32), mode="F")
         if np.issubdtype(a.dtype, np.integer):
             bits = 16 if a.dtype in (np.uint16, np.int16) else (32 if a.dtype == np.uint32 else None)
-            return Image.fromarray(_levels(a.astype(np.float64), bits, label), mode="L")
+            return Image.fromarray(_levels(a.astype(np.float32), bits, label), mode="L")
         raise ImageError(label, f"unsupported array dtype {a.dtype}")
     channels = {2: "LA", 3: "RGB", 4: "RGBA"}[a.shape[2]]
     if a.dtype == np.uint8:
@@ -250,7 +250,7 @@ def _from_array(a: np.ndarray, label: str) -> Image.Image:
     elif np.issubdtype(a.dtype, np.floating):
         u8 = _float_levels(a, label)
     elif a.dtype == np.uint16:
-        u8 = np.rint(a.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+        u8 = np.rint(a.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
     else:
         raise ImageError(label, f"a colour array must be uint8, uint16 or float, got {a.dtype}")
     return Image.fromarray(np.ascontiguousarray(u8), mode=channels)
@@ -268,7 +268,7 @@ def _levels(v: np.ndarray, bits: int | None, label: str) -> np.ndarray:
 
 
 def _float_levels(a: np.ndarray, label: str) -> np.ndarray:
-    a = a.astype(np.float64)
+    a = a.astype(np.float32)
     if np.isnan(a).any():
         raise ImageError(label, "it holds NaN values")
     finite = a[np.isfinite(a)]
@@ -280,9 +280,9 @@ def _float_levels(a: np.ndarray, label: str) -> np.ndarray:
 def _gray_u8(im: Image.Image, label: str) -> np.ndarray:
     """The grey channel of a single-channel image as uint8."""
     if im.mode in _SIXTEEN:
-        return _levels(np.asarray(im).astype(np.float64), 16, label)
+        return _levels(np.asarray(im).astype(np.float32), 16, label)
     if im.mode == "I":
-        return _levels(np.asarray(im).astype(np.float64), im.info.get("dawnet_bits"), label)
+        return _levels(np.asarray(im).astype(np.float32), im.info.get("dawnet_bits"), label)
     if im.mode == "F":
         return _float_levels(np.asarray(im), label)
     return np.asarray(im.convert("L"))
@@ -313,9 +313,9 @@ def _convert(im: Image.Image, mode: str, label: str) -> Image.Image:
 def _over_white(im: Image.Image, mode: str) -> Image.Image:
     """Composite an ``LA``/``RGBA`` image over white; light ink whose shape is only in alpha becomes black ink."""
     a = np.asarray(im)
-    alpha = a[:, :, -1].astype(np.float64) / 255.0
-    colour = a[:, :, :-1].astype(np.float64)
-    luma = colour[:, :, 0] if colour.shape[2] == 1 else colour @ np.array([0.299, 0.587, 0.114])
+    alpha = a[:, :, -1].astype(np.float32) / 255.0
+    colour = a[:, :, :-1].astype(np.float32)
+    luma = colour[:, :, 0] if colour.shape[2] == 1 else colour @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     visible = a[:, :, -1] > 0
     if visible.any() and alpha.min() < alpha.max():
         seen = luma[visible]

@@ -87,16 +87,7 @@ def load_image(source, *, mode: str | None = "L", name: str | None = None) -> Im
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label = name or str(path)
-        if not path.exists():
-            raise FileNotFoundError(f"image {path} does not exist")
-        if path.is_dir():
-            raise ImageError(label, "it is a folder, not an image file")
-        try:
-            with open(path, "rb") as f:
-                head = f.read(8)
-        except OSError as e:
-            raise ImageError(label, f"{e.strerror or e}") from None
-        im = _open(path, label, head)
+        im = _open(path, label, _head(path, label))
     else:
         raise TypeError(f"cannot read an image from {type(source).__name__}: give a path, bytes, a PIL image or a "
                         "numpy array")
@@ -125,12 +116,7 @@ def image_size(source: str | os.PathLike | bytes, *, name: str | None = None) ->
     else:
         path = Path(source)
         label, fp = name or str(path), path
-        if not path.exists():
-            raise FileNotFoundError(f"image {path} does not exist")
-        if path.is_dir():
-            raise ImageError(label, "it is a folder, not an image file")
-        with open(path, "rb") as f:
-            head = f.read(8)
+        head = _head(path, label)
     try:
         with Image.open(fp) as im:
             w, h = im.size
@@ -162,6 +148,19 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, Image.DecompressionBombError):
         return f"{text}: Pillow refuses it as a possible decompression bomb; crop or downscale the image"
     return " ".join(text.split())
+
+
+def _head(path: Path, label: str) -> bytes:
+    """The first bytes of an image file (for messages), after the checks that it is a readable file."""
+    if not path.exists():
+        raise FileNotFoundError(f"image {path} does not exist")
+    if path.is_dir():
+        raise ImageError(label, "it is a folder, not an image file")
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)
+    except OSError as e:
+        raise ImageError(label, e.strerror or str(e)) from None
 
 
 def _header_orientation(im: Image.Image) -> int:

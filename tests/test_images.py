@@ -326,6 +326,10 @@ def test_image_size_reads_the_header_only(line, tmp_path, monkeypatch):
     assert image_size(path.read_bytes()) == (line.shape[1], line.shape[0])
     with pytest.raises(ImageError, match=r"^cannot read image x\.png: not an image file"):
         image_size(b"nonsense", name="x.png")
+    with pytest.raises(FileNotFoundError, match=r"image .*gone\.png does not exist"):
+        image_size(tmp_path / "gone.png")
+    with pytest.raises(ImageError, match=r"^cannot read image .*: it is a folder, not an image file$"):
+        image_size(tmp_path)
 
 
 def test_a_damaged_file_opened_lazily_by_the_caller_is_an_image_error(line, tmp_path):

@@ -1,6 +1,7 @@
 """Training-recipe experiments behind the cpu benchmark profile: one recognizer or detector trained exactly as
-``dawnet bench`` trains it (same loader, optimizer, one-cycle schedule, clip, seed), with the knob under test
-changed, then scored. The profile's batch size, augmentation and detector loss were chosen from these runs.
+``dawnet bench`` trains it (same loader, the same recipe of ``dawnet.ocr.recipes``: optimizer, one-cycle
+schedule, clip; same seed), with the knob under test changed, then scored. The profile's batch size,
+augmentation and detector loss were chosen from these runs.
 
     # recognizer: greedy CER on the unseen-font test lines and the digit strings
     .venv/bin/python benchmarks/bench_recipes.py rec --data DATA --steps 600 --batch 32 --lr 3e-3 [--augment]
@@ -25,11 +26,11 @@ import torch
 
 
 def run_recognizer(a: argparse.Namespace) -> dict:
-    from dawnet.commands.eval import evaluate_lines
-    from dawnet.commands.train import spec_charset
     from dawnet.ocr import bench
     from dawnet.ocr.data.datasets import LineDataset
     from dawnet.ocr.data.specs import spec
+    from dawnet.ocr.lines import spec_charset
+    from dawnet.ocr.reading import evaluate_lines
 
     charset = spec_charset(spec("hw-lines-v1"))
     data = {n: {"path": str(Path(a.data) / f"{n}{a.train_suffix}")} for n in ("hw-lines-v1", "digits-v1")}

@@ -159,9 +159,9 @@ def check_flops(device: torch.device, charset) -> list[dict]:
 
 
 def _first_batch(data: dict, charset, batch: int):
-    from dawnet.ocr.bench import _line_loader
+    from dawnet.ocr.bench import line_loader
 
-    return next(iter(_line_loader(data, 32, charset, batch, augment=False, seed=0)))
+    return next(iter(line_loader(data, 32, charset, batch, augment=False, seed=0)))
 
 
 def check_amp(device: torch.device, data: dict, charset, steps: int) -> list[dict]:
@@ -271,8 +271,8 @@ def main(argv=None) -> int:
                     else "cpu", "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None}
     print(f"[env] {json.dumps(report)}", flush=True)
 
-    from dawnet.commands.train import spec_charset
     from dawnet.ocr.data.specs import spec
+    from dawnet.ocr.lines import spec_charset
 
     charset = spec_charset(spec("hw-lines-v1"))
 

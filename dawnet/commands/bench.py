@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dawnet.commands import CommandError
+from dawnet.commands import CommandError, set_threads
+from dawnet.commands._types import nonnegative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -42,12 +43,12 @@ def register(subparsers) -> None:
         default="runs/bench-data",
         help="Where the benchmark data is built and reused (default: runs/bench-data).",
     )
-    p.add_argument("--seed", type=int, default=0, help="Seed of weights and data order (default: 0).")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="Seed of weights and data order (default: 0).")
     p.add_argument(
-        "--workers", type=int, default=None, help="Processes that build the data (default: the CPU count)."
+        "--workers", type=positive_int, default=None, help="Processes that build the data (default: the CPU count)."
     )
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)."
+        "--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)."
     )
     p.add_argument("--quiet", action="store_true", help="No progress bars or step messages.")
     p.add_argument("--json", action="store_true", help="Print results.json instead of the table.")
@@ -101,12 +102,9 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dawnet.commands.train import set_threads
     from dawnet.ocr.bench import format_table, run_bench
 
     set_threads(args.threads)
-    if args.workers is not None and args.workers < 1:
-        raise CommandError(f"--workers must be >= 1, got {args.workers}")
     out = Path(args.out or f"runs/bench-{args.profile}")
     try:
         results = run_bench(

@@ -1,18 +1,44 @@
 """``dawnet train``: train a line recognizer (crnn, attn, ...) or the character LM (charlm) on a data spec
-or on a folder of line data, with checkpoints that ``dawnet eval`` and ``dawnet read`` use."""
+or on a folder of line data, with checkpoints that ``dawnet eval`` and ``dawnet read`` use.
+
+A run lives in its ``--out`` folder: ``last.pt`` (and ``best.pt``), ``run.json`` (what the run is: model, data,
+charset, height, recipe, batch size, seed, the schedule's length) and ``summary.json``. Running again with the
+same ``--out`` resumes it; a folder holding another model, data or charset is refused, and so is a changed
+option, except a longer ``--steps``/``--epochs`` total, which adds a new one-cycle phase (at ``--lr`` when given).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from dawnet.commands import CommandError
+from dawnet.commands import CommandError, set_threads
+from dawnet.commands._types import int_range, nonnegative_int, positive_float, positive_int
+
+__all__ = ["register", "run", "set_threads", "time_budget"]
+
+# The line-data helpers moved to the library (dawnet.ocr.lines); the names commands imported from here still
+# resolve, imported on first use so that this module stays cheap to import.
+_MOVED = {"LineData": "LineData", "load_line_data": "load_line_data", "loader": "line_loader",
+          "lm_texts": "lm_texts", "spec_charset": "spec_charset", "split_folder": "split_folder"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        from dawnet.ocr import lines
+
+        return getattr(lines, _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 LM_MODEL = "charlm"
+RUN_FILE = "run.json"
+RUN_FORMAT = "dawnet.train.run"
+# Options that define a run: None means "not given" (a new run takes the default, a resumed run its own).
+DEFAULTS = {"batch_size": 32, "lr": 1e-3, "grad_clip": 5.0, "seed": 0}
 
 
 def register(subparsers) -> None:
@@ -22,189 +48,50 @@ def register(subparsers) -> None:
         description="Train MODEL on --data: a data spec (hw-lines-v1, digits-v1, NAME:smoke; lines are "
                     "rendered on the fly, test fonts never seen), a folder built by 'dawnet data build', or "
                     "any line data 'dawnet data' reads (a folder of *.png + *.gt.txt, a TSV, IAM lines.txt, "
-                    "PAGE/ALTO XML, LMDB). Writes OUT/last.pt (and best.pt by validation CER) and "
-                    "OUT/summary.json; running again with the same OUT resumes. MODEL 'charlm' trains the "
-                    "character n-gram LM on the LM text (never on test lines) and writes OUT/lm.json.gz.",
+                    "PAGE/ALTO XML, LMDB). Writes OUT/last.pt (and best.pt by validation CER), OUT/run.json and "
+                    "OUT/summary.json; running again with the same OUT resumes (the same model, data, charset "
+                    "and options; a larger --steps/--epochs total adds a new one-cycle phase). MODEL 'charlm' "
+                    "trains the character n-gram LM on the LM text (never on test lines) and writes "
+                    "OUT/lm.json.gz. Exit status: 0 done; 1 training diverged after a checkpoint was saved (it "
+                    "is kept); 2 bad input, or divergence before anything was saved.",
     )
     p.add_argument("model", help="A recognizer preset (crnn, crnn_small, crnn_medium, crnn_large, crnn_resnet, attn, "
                                  "attn_resnet, attn_small, attn_luong, recognizer) or 'charlm'.")
     p.add_argument("--data", required=True, metavar="SPEC_OR_DIR", help="Data spec name or data folder/file.")
     g = p.add_argument_group("length of training (totals: a resumed run continues to them)")
-    g.add_argument("--epochs", type=int, default=None, help="Train until this many epochs (default: 10 unless "
-                                                              "--steps is given).")
-    g.add_argument("--steps", type=int, default=None, help="Train until this many optimizer steps.")
-    g.add_argument("--minutes", type=float, default=None, help="Also stop after this many minutes of training "
-                                                               "in this session (default: no limit).")
-    o = p.add_argument_group("optimization")
-    o.add_argument("--batch-size", type=int, default=32, help="Lines per batch (default: 32).")
-    o.add_argument("--lr", type=float, default=1e-3, help="Peak learning rate of the one-cycle schedule (AdamW; "
-                                                         "default: 0.001).")
-    o.add_argument("--grad-clip", type=float, default=5.0, help="Gradient norm clip (default: 5).")
-    o.add_argument("--seed", type=int, default=0, help="Seed of weights and data order (default: 0).")
+    g.add_argument("--epochs", type=positive_int, default=None, help="Train until this many epochs (default: 10 "
+                                                                       "unless --steps is given).")
+    g.add_argument("--steps", type=positive_int, default=None, help="Train until this many optimizer steps.")
+    g.add_argument("--minutes", type=positive_float, default=None, help="Also stop after this many minutes of "
+                                                                         "training in this session (default: no "
+                                                                         "limit).")
+    o = p.add_argument_group("optimization (a resumed run keeps its own: give them only to start a run)")
+    o.add_argument("--batch-size", type=positive_int, default=None, help="Lines per batch (default: 32).")
+    o.add_argument("--lr", type=positive_float, default=None, help="Peak learning rate of the one-cycle schedule "
+                                                                  "(AdamW; default: 0.001). On a resumed run: "
+                                                                  "the peak of the new phase that a larger "
+                                                                  "--steps/--epochs adds.")
+    o.add_argument("--grad-clip", type=positive_float, default=None, help="Gradient norm clip (default: 5).")
+    o.add_argument("--seed", type=nonnegative_int, default=None, help="Seed of weights and data order (default: 0).")
     d = p.add_argument_group("data")
-    d.add_argument("--height", type=int, default=None, help="Line height in px (default: the preset's, 32).")
+    d.add_argument("--height", type=int_range(16, 128), default=None, help="Line height in px, 16 to 128 (default: "
+                                                                            "the preset's, 32).")
     d.add_argument("--val", default=None, metavar="DIR", help="Validation data for a folder (default: DIR/val "
                                                               "when it exists).")
-    d.add_argument("--train-lines", type=int, default=None, help="Lines per epoch for a spec (default: the "
-                                                                  "spec's train size).")
-    d.add_argument("--val-lines", type=int, default=300, help="Validation lines (default: 300).")
+    d.add_argument("--train-lines", type=positive_int, default=None, help="Lines per epoch for a spec (default: "
+                                                                          "the spec's train size).")
+    d.add_argument("--val-lines", type=positive_int, default=300, help="Validation lines (default: 300).")
     d.add_argument("--augment", action="store_true", help="Augment training lines (shear, scale, stroke, blur, "
                                                           "noise); on the digits-v1 spec: warp and thicken each "
                                                           "digit instead.")
-    d.add_argument("--workers", type=int, default=1, help="Data loader processes (default: 1).")
-    d.add_argument("--order", type=int, default=6, help="charlm only: n-gram order (default: 6).")
+    d.add_argument("--workers", type=nonnegative_int, default=1, help="Data loader processes (default: 1).")
+    d.add_argument("--order", type=positive_int, default=6, help="charlm only: n-gram order (default: 6).")
     p.add_argument("--out", default=None, help="Output folder (default: runs/MODEL-DATA).")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice; 1 is "
-                                                             "often faster on a busy or small machine).")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: PyTorch's "
+                                                                      "choice; 1 is often faster on a busy or small "
+                                                                      "machine).")
     p.add_argument("--json", action="store_true", help="Print the final summary as one JSON object.")
     p.set_defaults(func=run)
-
-
-# -- data --------------------------------------------------------------------------------------------------
-
-@dataclass
-class LineData:
-    """Datasets resolved from a ``--data`` argument."""
-
-    name: str
-    kind: str  # "spec" or "folder"
-    charset: object
-    train: object | None = None
-    val: object | None = None
-    test: object | None = None
-    generator: object | None = None
-
-
-def _spec_or_none(name: str):
-    from dawnet.ocr.data.specs import spec
-
-    if os.path.exists(name):
-        return None
-    try:
-        return spec(name)
-    except LookupError as e:
-        raise CommandError(f"--data {name!r} is neither an existing file/folder nor a data spec: {e}") from None
-
-
-def spec_charset(s):
-    """The alphabet of a spec's texts: the text alphabet for lines, the ten digits for digit strings."""
-    from dawnet.ocr.charset import Charset
-    from dawnet.ocr.data.text import TEXT_ALPHABET
-
-    if s.kind == "digits":
-        return Charset("0123456789")
-    if s.kind == "lines":
-        return Charset("".join(sorted(set(TEXT_ALPHABET))))
-    raise CommandError(f"spec {s.name} holds {s.kind}, not text lines: recognizers train on 'lines' or "
-                       "'digits' specs (pages are for the detector)")
-
-
-def _read(path: str | os.PathLike):
-    from dawnet.ocr.data.formats import FormatError, read_lines
-
-    try:
-        return read_lines(path)
-    except (FormatError, FileNotFoundError, ValueError) as e:
-        raise CommandError(f"cannot read line data from {path}: {e}") from None
-
-
-def split_folder(path: str | os.PathLike, split: str):
-    """``path/split`` when ``path`` is a built data folder with that split, else None."""
-    p = Path(path) / split
-    return p if p.is_dir() else None
-
-
-def _train_generator(s, gen, augment: bool):
-    """The training lines' generator. With ``augment``, digit strings get new shapes of every digit
-    (``DigitStringConfig.distort``) instead of line augmentation: the synthesizer already varies each
-    string's slant, size, spacing and noise, and models otherwise memorize MNIST's 3,500 training samples."""
-    if not (augment and s.kind == "digits"):
-        return gen
-    from dataclasses import replace
-
-    from dawnet.ocr.data.digits import TRAIN_DISTORT
-    from dawnet.ocr.data.generate import SpecGenerator
-
-    return SpecGenerator(replace(s, synth={"distort": TRAIN_DISTORT, **s.synth}))
-
-
-def load_line_data(data: str, height: int, charset=None, splits=("train", "val"), train_lines=None,
-                   val_lines: int | None = None, augment: bool = False, seed: int = 0) -> LineData:
-    """Datasets for ``splits`` from a spec name or a data folder (see ``dawnet train --help``)."""
-    from dawnet.ocr.charset import Charset
-    from dawnet.ocr.data.datasets import LineAugment, LineDataset, SyntheticLineDataset
-
-    aug = LineAugment() if augment else None
-    s = _spec_or_none(data)
-    if s is not None:
-        from dawnet.ocr.data.generate import SpecGenerator
-
-        charset = charset or spec_charset(s)
-        try:
-            gen = SpecGenerator(s)
-        except (FileNotFoundError, ModuleNotFoundError, LookupError) as e:
-            raise CommandError(f"cannot generate {s.name}: {e}") from None
-        out = LineData(s.name, "spec", charset, generator=gen)
-        for split in splits:
-            if split == "train":
-                n = train_lines or s.sizes["train"]
-                out.train = SyntheticLineDataset(_train_generator(s, gen, augment), "train", length=n,
-                                                 height=height, charset=charset,
-                                                 augment=None if s.kind == "digits" else aug,
-                                                 unknown="map" if charset.unknown else "error")
-            else:  # held-out splits are fixed: the same images as `dawnet data build`
-                n = min(val_lines or s.sizes[split], s.sizes[split])
-                setattr(out, split, SyntheticLineDataset(gen, split, length=n, height=height, fixed=True))
-        return out
-    root = Path(data)
-    sets = {}
-    for split in splits:
-        sub = split_folder(root, split)
-        if sub is not None:
-            sets[split] = _read(sub)
-    if not sets:  # a plain folder/file of lines: it is the training data (or the data to evaluate)
-        sets[splits[0]] = _read(root)
-    texts = [r.text for ls in sets.values() for r in ls.records]
-    if not texts:
-        raise CommandError(f"no text lines found in {data}")
-    if charset is None:
-        charset = Charset.from_texts([r.text for r in sets.get("train", next(iter(sets.values()))).records] +
-                                     ([r.text for r in sets["val"].records] if "val" in sets else []))
-    out = LineData(root.name or str(root), "folder", charset)
-    for split, ls in sets.items():
-        records = ls.records[:val_lines] if (split != "train" and val_lines) else ls.records
-        ds = LineDataset(records, height=height, charset=charset if split == "train" else None,
-                         augment=aug if split == "train" else None, seed=seed)
-        setattr(out, split, ds)
-    return out
-
-
-def loader(dataset, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0):
-    """A DataLoader of padded line batches; width-bucketed when the widths are known without rendering."""
-    from torch.utils.data import DataLoader
-
-    from dawnet.ocr.data.datasets import LineDataset, WidthBucketSampler, collate_lines
-
-    kw = {"collate_fn": collate_lines, "num_workers": workers}
-    if workers:
-        kw["persistent_workers"] = False
-    if isinstance(dataset, LineDataset):
-        sampler = WidthBucketSampler(dataset.widths(), batch_size, shuffle=shuffle, seed=seed)
-        return DataLoader(dataset, batch_sampler=sampler, **kw)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **kw)
-
-
-# -- training ----------------------------------------------------------------------------------------------
-
-def set_threads(threads: int | None) -> None:
-    """Apply ``--threads`` (PyTorch intra-op threads)."""
-    if threads is None:
-        return
-    if threads < 1:
-        raise CommandError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,15 +99,6 @@ def run(args: argparse.Namespace) -> int:
     if args.model == LM_MODEL:
         return train_lm(args)
     return train_recognizer(args)
-
-
-def _check_args(args) -> None:
-    for name in ("epochs", "steps", "batch_size", "workers", "train_lines"):
-        v = getattr(args, name, None)
-        if v is not None and v < (0 if name == "workers" else 1):
-            raise CommandError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-    if args.lr is not None and not args.lr > 0:
-        raise CommandError(f"--lr must be positive, got {args.lr}")
 
 
 def time_budget(minutes: float):
@@ -238,59 +116,187 @@ def time_budget(minutes: float):
     return TimeBudget()
 
 
+# -- the run record ----------------------------------------------------------------------------------------
+
+def _read_run(out: Path) -> dict | None:
+    path = out / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CommandError(f"{path} is not readable JSON ({e}): restore it, or train into another --out") from None
+    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
+        raise CommandError(f"{path} is not a dawnet train run record: train into another --out")
+    return record
+
+
+def _write_json(path: Path, obj) -> None:
+    from dawnet.atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2))
+
+
+def _check_model(args, out: Path, saved_model: str | None) -> None:
+    if saved_model is not None and saved_model != args.model:
+        raise CommandError(f"{out} holds a {saved_model} run, not {args.model}: pass another --out to train "
+                           f"{args.model}, or train {saved_model} to resume it")
+
+
+def _check_same_run(args, out: Path, agent, record: dict | None, data, data_id: str,
+                    height: int) -> dict:
+    """Refuse a resume that would silently train something else; returns the run's options."""
+    from dawnet.registry import model_spec
+
+    last = out / "last.pt"
+    _check_model(args, out, (model_spec(agent.model) or {}).get("name"))
+    if record and record["data"] != data_id:
+        raise CommandError(f"{out} holds a run on {record['data']}, not {data_id}: pass another --out for this "
+                           f"data, or --data {record['data_arg']} to resume the run")
+    if agent.charset != data.charset:
+        raise CommandError(f"{last} was trained with another charset ({len(agent.charset)} characters) than "
+                           f"{args.data} gives ({len(data.charset)}): pass another --out for this data")
+    if agent.height != height:
+        raise CommandError(f"{last} reads lines of height {agent.height}, not {height}: resume it with --height "
+                           f"{agent.height}, or pass another --out")
+    options = dict(record["options"]) if record else {"grad_clip": agent.grad_clip, "seed": agent.seed}
+    for name in ("batch_size", "grad_clip", "seed", "train_lines"):
+        given = getattr(args, name)
+        if given is not None and name in options and given != options[name]:
+            flag = "--" + name.replace("_", "-")
+            raise CommandError(f"{flag} {given:g} differs from this run's {options[name]:g}: a resumed run keeps "
+                               f"its options; omit {flag} to resume, or pass another --out")
+    if record and bool(args.augment) != bool(options.get("augment")):
+        said = "with" if options.get("augment") else "without"
+        raise CommandError(f"this run trained {said} --augment: resume it {said} --augment, or pass another --out")
+    for name, value in DEFAULTS.items():
+        options.setdefault(name, value)
+    return options
+
+
+def _check_val_charset(data, where: str) -> None:
+    """Validation texts must be spelled with the training charset: checked before the first step."""
+    from dawnet.ocr.charset import describe_chars
+
+    cs = data.charset
+    texts = getattr(data.val, "texts", None)
+    if cs.unknown or not texts:
+        return
+    missing = cs.missing(texts)
+    if missing:
+        raise CommandError(f"{where} holds {len(missing)} character(s) that the training data never shows "
+                           f"({describe_chars(sorted(missing))}): add training lines with them, or remove those "
+                           "lines from the validation data")
+
+
+def _schedule_end(record: dict | None, agent) -> int:
+    """The step where the run's last one-cycle phase ends."""
+    if record is None:  # a run from before run.json: its schedule says
+        return int(getattr(agent.schedule, "total_steps", agent.step))
+    if record["phases"]:
+        last = record["phases"][-1]
+        return last["from_step"] + last["steps"]
+    return record["schedule_steps"]
+
+
+# -- training ----------------------------------------------------------------------------------------------
+
 def train_recognizer(args) -> int:
     import torch
 
     import dawnet.ocr.models  # noqa: F401  (registers the presets)
-    from dawnet.agent import Agent
+    from dawnet.agent import Agent, NonFiniteLossError
     from dawnet.ocr.agents import AttentionAgent, CTCAgent
+    from dawnet.ocr.lines import data_spec, line_loader, load_line_data
     from dawnet.ocr.models import model_cfgs
+    from dawnet.ocr.recipes import RECOGNIZER
     from dawnet.registry import create_model, is_model
     from dawnet.training.callbacks import Checkpoint
-    from dawnet.training.schedules import SuperConvergence
 
-    _check_args(args)
     if not is_model(args.model) or (args.model not in model_cfgs and args.model != "recognizer"):
         raise CommandError(f"unknown recognizer {args.model!r}; choose one of {', '.join(sorted(model_cfgs))}, "
                            f"'recognizer' or '{LM_MODEL}'")
-    torch.manual_seed(args.seed)
-    height = args.height or model_cfgs.get(args.model, {}).get("height", 32)
-    data = load_line_data(args.data, height, train_lines=args.train_lines, val_lines=args.val_lines,
-                          augment=args.augment, seed=args.seed)
-    if args.val and data.kind == "folder":
+    s = data_spec(args.data)
+    if args.val and s is not None:
+        raise CommandError(f"--val is for folder data: the spec {s.name} has its own validation split; omit --val")
+    name = s.name if s is not None else (Path(args.data).name or str(Path(args.data)))
+    data_id = f"{s.name}:{s.size}" if s is not None else name  # what a resumed run must train on again
+    out = Path(args.out or f"runs/{args.model}-{name.replace(':', '-')}")
+    last = out / "last.pt"
+    record = _read_run(out) if last.exists() else None  # a run.json without a checkpoint holds no run yet
+    if record is not None:
+        _check_model(args, out, record["model"])
+    given = record["options"] if record else {}
+    seed = args.seed if args.seed is not None else given.get("seed", DEFAULTS["seed"])
+    torch.manual_seed(seed)
+    height = args.height or (record or {}).get("height") or model_cfgs.get(args.model, {}).get("height", 32)
+    train_lines = args.train_lines if args.train_lines is not None else given.get("train_lines")
+    data = load_line_data(args.data, height, train_lines=train_lines, val_lines=args.val_lines,
+                          augment=args.augment, seed=seed)
+    if args.val:
         data.val = load_line_data(args.val, height, charset=data.charset, splits=("val",),
                                   val_lines=args.val_lines).val
+    _check_val_charset(data, f"--val {args.val}" if args.val else f"the validation data of {args.data}")
     cs = data.charset
-    out = Path(args.out or f"runs/{args.model}-{data.name.replace(':', '-')}")
-    train_loader = loader(data.train, args.batch_size, shuffle=True, workers=args.workers, seed=args.seed)
-    val_loader = loader(data.val, args.batch_size, shuffle=False) if data.val is not None else None
-    epochs = args.epochs if (args.epochs or args.steps) else 10
-    total = args.steps or epochs * len(train_loader)
-    callbacks = [Checkpoint(out, keep=0, monitor="val_cer" if val_loader else None)]
+    callbacks = [Checkpoint(out, keep=0, monitor="val_cer" if data.val is not None else None)]
     if args.minutes:
         callbacks.append(time_budget(args.minutes))
-    last = out / "last.pt"
-    if last.exists():
+    resumed = last.exists()
+    if resumed:
         agent = Agent.load(last, map_location="cpu" if not torch.cuda.is_available() else None, callbacks=callbacks)
-        if agent.charset != cs:
-            raise CommandError(f"{last} was trained with another charset than {args.data} gives; use another --out")
+        options = _check_same_run(args, out, agent, record, data, data_id, height)
+    else:
+        options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in DEFAULTS.items()}
+        options.update(augment=bool(args.augment), train_lines=train_lines)
+    train_loader = line_loader(data.train, options["batch_size"], shuffle=True, workers=args.workers,
+                          seed=options["seed"])
+    val_loader = line_loader(data.val, options["batch_size"], shuffle=False) if data.val is not None else None
+    epochs = args.epochs if (args.epochs or args.steps) else 10
+    total = args.steps or epochs * len(train_loader)
+    if resumed:
+        planned = record["schedule_steps"] if record else _schedule_end(None, agent)
+        phases = list(record["phases"]) if record else []
+        end = _schedule_end(record, agent) if record else planned
+        lr_now = phases[-1]["lr"] if phases else options["lr"]
+        if total > end:  # past the schedule: a new one-cycle phase for the extra steps
+            lr = args.lr or lr_now
+            phases.append({"from_step": end, "steps": total - end, "lr": lr})
+            print(f"{total} steps asked for, past this run's schedule, which ends at step {end}: adding a new "
+                  f"one-cycle phase of {total - end} steps after it (lr {lr / 10:g} -> {lr:g} -> {lr / 1000:g})")
+        elif args.lr is not None and args.lr != lr_now:
+            raise CommandError(f"--lr {args.lr:g} differs from this run's {lr_now:g}: a resumed run keeps its "
+                               f"schedule; omit --lr to resume, or give a total past step {end} (--steps or "
+                               "--epochs) to add a new phase that peaks at --lr")
         print(f"resuming {last} at epoch {agent.epoch}, step {agent.step}")
     else:
         ctc = model_cfgs.get(args.model, {}).get("head", "ctc") == "ctc"
         model = create_model(args.model, num_classes=cs.num_ctc_classes if ctc else cs.num_attn_classes,
                              height=height)
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-        step_size = max(1, int(0.45 * total))
-        schedule = SuperConvergence(opt, base_lr=args.lr / 10, max_lr=args.lr, step_size=step_size,
-                                    annihilate_steps=max(0, total - 2 * step_size), annihilate_to=args.lr / 1000)
+        recipe = RECOGNIZER.with_lr(options["lr"])
+        opt, schedule = recipe.build(model.parameters(), total)
         cls = CTCAgent if ctc else AttentionAgent
-        agent = cls(model, opt, schedule=schedule, charset=cs, grad_clip=args.grad_clip, seed=args.seed,
+        agent = cls(model, opt, schedule=schedule, charset=cs, grad_clip=options["grad_clip"], seed=options["seed"],
                     callbacks=callbacks)
+        planned, phases = total, []
+    record = {"format": RUN_FORMAT, "model": args.model, "data": data_id, "data_arg": args.data,
+              "charset": cs.to_dict(), "height": height, "options": options, "schedule_steps": planned,
+              "phases": phases}
+    _write_json(out / RUN_FILE, record)
     params = sum(p.numel() for p in agent.model.parameters())
     print(f"training {args.model} ({params / 1e6:.2f} M params, {len(cs)} characters) on {data.name}: "
           f"{len(data.train)} lines/epoch, {total} steps -> {out}")
     start = time.perf_counter()
-    agent.fit(train_loader, epochs=None if args.steps else epochs, steps=args.steps, val=val_loader)
+    try:
+        if agent.step >= total:
+            print(f"{last} is already at step {agent.step}, which reaches the total of {total} steps: nothing to "
+                  "train (pass a larger --steps or --epochs to continue)")
+        elif phases:
+            _fit_phases(agent, train_loader, val_loader, record, total, RECOGNIZER)
+        else:
+            agent.fit(train_loader, epochs=None if args.steps else epochs, steps=args.steps, val=val_loader)
+    except NonFiniteLossError:
+        return _diverged(agent, last, options["lr"] if not phases else phases[-1]["lr"])
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     agent.save(last)
@@ -307,62 +313,38 @@ def train_recognizer(args) -> int:
     return 0
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def _fit_phases(agent, train_loader, val_loader, record: dict, total: int, recipe) -> None:
+    """Train to ``total`` through the run's phases: each phase after the first schedule gets a fresh one-cycle
+    schedule of its own length, installed when the agent reaches the phase's first step."""
+    bounds = [(record["schedule_steps"], None)] + [(p["from_step"] + p["steps"], p) for p in record["phases"]]
+    for end, phase in bounds:
+        if agent.step >= end:
+            continue
+        if phase is not None and agent.step == phase["from_step"]:
+            agent.schedule = recipe.with_lr(phase["lr"]).schedule(agent.optimizer, phase["steps"])
+        agent.fit(train_loader, steps=min(end, total), val=val_loader)
+        if agent.step < min(end, total):  # stopped early (--minutes): a resume continues from here
+            return
+
+
+def _diverged(agent, last: Path, lr: float) -> int:
+    """A NaN/inf loss or weights: one line; exit 1 when a checkpoint of this run is kept, else 2."""
+    message = (f"training diverged after step {agent.step} (the loss or the weights became NaN/inf at lr {lr:g}): "
+               "lower --lr, or find one with 'dawnet lr-find'")
+    if last.exists():
+        print(f"dawnet: error: {message}; {last} keeps the last checkpoint saved before that", file=sys.stderr)
+        return 1
+    raise CommandError(message + "; nothing was saved")
 
 
 # -- the character LM --------------------------------------------------------------------------------------
 
-def lm_texts(data: str, seed: int = 0) -> tuple[list[str], list[str], object]:
-    """LM training lines and held-out lines for ``data`` (never test lines), and the charset to cover.
-
-    Spec/built-folder LM text is documents; they are cut into lines the way the line data is, so the LM
-    learns where lines start and end.
-    """
-    import numpy as np
-
-    from dawnet.ocr.data.text import cut_lines
-
-    s = _spec_or_none(data)
-    if s is not None:
-        cs = spec_charset(s)
-        if s.kind != "lines":
-            raise CommandError(f"{s.name} has no LM text (digit strings are random): train the LM on a lines spec")
-        from dawnet.ocr.data.text import build_corpus
-
-        corpus = build_corpus(s.seed, s.text_source)
-        train_docs, held_docs = corpus.lm_text, corpus.documents["val"]
-    else:
-        root = Path(data)
-        lm_dir = root / "lm"
-        cs = None
-        if (lm_dir / "train.txt").is_file():
-            train_docs = (lm_dir / "train.txt").read_text(encoding="utf-8").splitlines()
-            val = lm_dir / "val.txt"
-            held_docs = val.read_text(encoding="utf-8").splitlines() if val.is_file() else []
-        elif root.is_file() and root.suffix == ".txt":
-            train_docs, held_docs = root.read_text(encoding="utf-8").splitlines(), []
-        else:  # transcriptions of the training lines (a folder's test split is never read)
-            train = split_folder(root, "train") or root
-            train_docs = [r.text for r in _read(train).records]
-            val = split_folder(root, "val")
-            held_docs = [r.text for r in _read(val).records] if val else []
-            return train_docs, held_docs, cs
-    rng = np.random.default_rng(seed)
-    train = cut_lines([d for d in train_docs if d.strip()], rng)
-    held = cut_lines([d for d in held_docs if d.strip()], rng)
-    return train, held, cs
-
-
 def train_lm(args) -> int:
+    from dawnet.ocr.lines import lm_texts
     from dawnet.ocr.lm import CharNgramLM
 
-    if args.order < 1:
-        raise CommandError(f"--order must be >= 1, got {args.order}")
     start = time.perf_counter()
-    train, held, cs = lm_texts(args.data, args.seed)
+    train, held, cs = lm_texts(args.data, args.seed or 0)
     if not train:
         raise CommandError(f"no LM text found in {args.data}")
     lm = CharNgramLM.train(train, order=args.order, vocab=cs.chars if cs is not None else None)

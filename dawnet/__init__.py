@@ -2,19 +2,28 @@
 
 __version__ = "0.1.0"
 
-from dawnet.registry import create_model, list_models, register_model  # noqa: E402
-
 __all__ = ["__version__", "Agent", "ImageInput", "create_model", "list_models", "register_model"]
+
+# Everything is imported on first use, so `import dawnet` (and `dawnet --help`) does not import torch.
+_LAZY = {
+    "Agent": "dawnet.agent",
+    "ImageInput": "dawnet.inputs",
+    "create_model": "dawnet.registry",
+    "list_models": "dawnet.registry",
+    "register_model": "dawnet.registry",
+}
 
 
 def __getattr__(name: str):
-    # Agent and ImageInput are imported lazily so `import dawnet` (and `dawnet --help`) stays fast.
-    if name == "Agent":
-        from dawnet.agent import Agent
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dawnet' has no attribute {name!r}")
+    import importlib
 
-        return Agent
-    if name == "ImageInput":
-        from dawnet.inputs import ImageInput
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return ImageInput
-    raise AttributeError(f"module 'dawnet' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

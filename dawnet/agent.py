@@ -22,6 +22,7 @@ import contextlib
 import functools
 import inspect
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -492,7 +493,8 @@ class Agent:
         :mod:`dawnet.agent_state`); ``trust_code=True`` also allows code outside dawnet and torch.
         """
         state = load_checkpoint(path, map_location="cpu")
-        return agent_from_state(cls, state, getattr(path, "name", None) or str(path), map_location=map_location,
+        source = str(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", None) or "checkpoint"
+        return agent_from_state(cls, state, source, map_location=map_location,
                                 model=model, loss=loss, metrics=metrics, callbacks=callbacks,
                                 trust_code=trust_code, restore_rng=restore_rng)
 

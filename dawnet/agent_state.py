@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from dawnet.checkpoint import FORMAT, VERSION, CheckpointError, is_plain, load_model_weights
-from dawnet.metrics import lookup_metric, metric_names
+from dawnet.metrics import METRICS, TASK_METRICS, lookup_metric, metric_names
 from dawnet.registry import UnknownModelError, build_model, check_json_spec, model_spec
 
 __all__ = ["agent_state", "load_agent_state", "agent_from_state", "check_state", "allowed",
@@ -250,6 +250,9 @@ def _resolve_metrics(names: dict, source: str, trust_code: bool) -> dict:
     out = {}
     for name, stored in names.items():
         found = None if stored is None else lookup_metric(stored)
+        if found is None and stored is not None and _inside_torch_or_dawnet(stored):
+            _refuse(source, "metric", f"{name!r} is {stored}, which is not in dawnet's metric table",
+                    f"use one of {', '.join([*METRICS, *TASK_METRICS])}, or pass metrics= to Agent.load")
         if found is None and stored is not None and trust_code and ":" in stored and \
                 not _inside_torch_or_dawnet(stored.partition(":")[0]):
             found = _import_user_object(stored.replace(":", "."), "metric",

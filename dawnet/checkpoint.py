@@ -44,7 +44,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike | io.BytesIO, map_location=None) -> dict:
     """Read a dawnet checkpoint with ``torch.load(weights_only=True)``; clear errors for bad files."""
-    name = getattr(path, "name", None) or str(path)
+    name = str(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", None) or "checkpoint"
     if isinstance(path, (str, os.PathLike)):
         p = Path(path)
         if not p.exists():

@@ -224,7 +224,7 @@ def _run_figures(agent, args) -> int:
     vis.show_image(fig.add_subplot(), x[0].cpu(), f"model input {tuple(x.shape[1:])}")
     save(fig, "input.png")
     try:
-        answer = agent.postprocess(outputs)
+        answer = agent.postprocess(outputs, inputs)
         if isinstance(answer, torch.Tensor):
             answer = answer.tolist()
         report["answer"] = answer if isinstance(answer, (str, int, float, list, dict)) else repr(answer)

@@ -247,12 +247,10 @@ def _init_image(args, channels, prepare=None):
         raise CommandError(f"no image at {args.init}: --init takes a PNG/JPEG path")
     if prepare is not None:
         return prepare(args.init)
-    from PIL import Image
-
     from dawnet.diagnose.optvis.param import to_tensor_image
+    from dawnet.images import load_image
 
-    with Image.open(args.init) as im:
-        return to_tensor_image(im.convert("RGB" if channels == 3 else "L"), channels)
+    return to_tensor_image(load_image(args.init, mode="RGB" if channels == 3 else "L"), channels)
 
 
 def _visualize(agent, args) -> dict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,9 @@ from torch import nn
 from dawnet.diagnose.forward import eval_mode, param_like, run_forward
 from dawnet.diagnose.layout import canonical, feature_layout
 from dawnet.diagnose.probe import probe, resolve_layers
+from dawnet.images import to_gray
+from dawnet.ocr.charset import Charset
+from dawnet.ocr.decode import Reading, ctc_greedy_readings
 
 __all__ = [
     "as_image", "cut", "paste", "transplant", "stroke", "erase", "add_noise", "blur", "rotate", "scale", "elastic",
@@ -50,7 +53,7 @@ def as_image(img: Any) -> torch.Tensor:
             raise ValueError(f"an image must be (H, W), (C, H, W) or (N, C, H, W), got shape {tuple(img.shape)}")
         return img if img.is_floating_point() else img.float() / 255.0
     if isinstance(img, Image.Image):
-        img = np.asarray(img.convert("L") if img.mode not in ("L", "RGB") else img)
+        img = np.asarray(img if img.mode in ("L", "RGB") else to_gray(img))  # 16-bit scaled, alpha over white
     if isinstance(img, np.ndarray):
         arr = torch.from_numpy(np.array(img, copy=True))
         arr = arr.float() / 255.0 if not arr.is_floating_point() else arr.float()
@@ -278,48 +281,55 @@ def brightness(img: Any, delta: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # what an edit changes
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Decoded:
-    """A decoded line: the text and the probability of each of its characters."""
+class Decoded(Reading):
+    """A decoded line (:class:`dawnet.ocr.decode.Reading`): the text and, as ``probs``, each character's
+    probability."""
 
-    text: str
-    probs: list[float] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return self.text
+    @property
+    def probs(self) -> list[float]:
+        return list(self.confidences)
 
 
-def ctc_greedy(alphabet: str | Sequence[str], blank: int = 0, layout: str = "NTC"
-               ) -> Callable[[torch.Tensor], list[Decoded]]:
-    """A CTC best-path decoder for ``(N, T, C)`` logits: per line, text and per-character
-    probabilities (each character's max softmax probability over the frames that emitted it).
+class _Alphabet:
+    """Class ids -> text for an alphabet whose class ``blank`` is the CTC blank (the others in order)."""
 
-    Class ``i`` is ``alphabet[i - 1]`` when ``blank == 0``, else ``alphabet[i]`` (blank skipped).
+    def __init__(self, alphabet: str | Sequence[str], blank: int):
+        self.alphabet, self.blank = alphabet, blank
+
+    def decode(self, ids: Sequence[int]) -> str:
+        b = self.blank
+        return "".join(self.alphabet[c - 1 if b == 0 else (c if c < b else c - 1)] for c in ids)
+
+
+def ctc_greedy(alphabet: str | Sequence[str] | Charset, blank: int = 0, layout: str = "NTC"
+               ) -> Callable[[torch.Tensor | tuple], list[Decoded]]:
+    """A CTC best-path decoder for :func:`compare` (``decode=``): per line, the text and per-character
+    probabilities (each character's max softmax probability over the frames of its run), by
+    :func:`dawnet.ocr.decode.ctc_greedy_readings`.
+
+    It takes ``(N, T, C)`` logits (``layout="TNC"``: ``(T, N, C)``) or what a dawnet recognizer returns,
+    ``(log_probs, lengths)``. ``alphabet``: a :class:`~dawnet.ocr.charset.Charset`, or a string (or list) of
+    characters where class ``i`` is ``alphabet[i - 1]`` when ``blank == 0``, else ``alphabet[i]`` (blank skipped).
     """
+    if isinstance(alphabet, Charset):
+        chars, blank = alphabet, alphabet.blank
+        size = alphabet.num_ctc_classes
+    else:
+        chars = _Alphabet(alphabet, blank)
+        size = len(alphabet) + 1
 
-    def decode(outputs: torch.Tensor) -> list[Decoded]:
+    def decode(outputs: torch.Tensor | tuple) -> list[Decoded]:
+        lengths = None
+        if isinstance(outputs, (tuple, list)) and len(outputs) == 2 and isinstance(outputs[0], torch.Tensor):
+            outputs, lengths = outputs
         if not isinstance(outputs, torch.Tensor) or outputs.dim() != 3:
-            raise ValueError("ctc_greedy expects (N, T, C) logits; pass decode= a function for other outputs")
-        probs = canonical(outputs.detach().float(), layout).softmax(dim=1)  # (N, C, T)
-        n_classes = probs.shape[1]
-        if n_classes != len(alphabet) + 1:
-            raise ValueError(f"the output has {n_classes} classes but the alphabet has {len(alphabet)} "
+            raise ValueError("ctc_greedy expects (N, T, C) logits or a recognizer's (log_probs, lengths); pass "
+                             "decode= a function for other outputs")
+        logits = canonical(outputs.detach().float(), layout).transpose(1, 2)  # (N, T, C)
+        if logits.shape[-1] != size:
+            raise ValueError(f"the output has {logits.shape[-1]} classes but the alphabet has {size - 1} "
                              f"characters plus the blank")
-        p, idx = probs.max(dim=1)  # (N, T)
-        out = []
-        for row_i, row_p in zip(idx.tolist(), p.tolist()):
-            chars: list[str] = []
-            cp: list[float] = []
-            prev = None
-            for c, pr in zip(row_i, row_p):
-                if c != blank and c != prev:
-                    chars.append(alphabet[c - 1 if blank == 0 else (c if c < blank else c - 1)])
-                    cp.append(pr)
-                elif c != blank and c == prev:
-                    cp[-1] = max(cp[-1], pr)
-                prev = c
-            out.append(Decoded("".join(chars), cp))
-        return out
+        return [Decoded(r.text, r.confidences, r.frames) for r in ctc_greedy_readings(logits, lengths, chars, blank)]
 
     return decode
 

@@ -38,6 +38,7 @@ from dawnet.diagnose.optvis.render import (
     model_input_channels,
     tensor_to_pil,
 )
+from dawnet.ocr.decode import ctc_greedy  # the one CTC best-path decoder (re-exported here)
 
 __all__ = [
     "Target",
@@ -102,20 +103,6 @@ def class_target(label: int, layer: str = "output", margin: float = 0.0) -> Targ
     return Target(class_log_prob(label, layer), check, f"class {label}")
 
 
-def ctc_greedy(log_probs: torch.Tensor, blank: int = 0) -> list[list[int]]:
-    """Best-path CTC decoding of ``(N, T, C)`` scores: argmax, merge repeats, drop blanks."""
-    best = log_probs.argmax(-1).tolist()
-    out = []
-    for row in best:
-        ids, prev = [], None
-        for c in row:
-            if c != prev and c != blank:
-                ids.append(c)
-            prev = c
-        out.append(ids)
-    return out
-
-
 def text_target(
     target: Sequence[int],
     blank: int = 0,
@@ -132,7 +119,7 @@ def text_target(
     def check(acts):
         out = acts[layer]
         out = out.transpose(0, 1) if layout == "TNC" else out
-        read = ctc_greedy(out, blank)
+        read = ctc_greedy(out, blank=blank)
         pred = [decode(r) for r in read] if decode else read
         return all(r == target for r in read), pred
 

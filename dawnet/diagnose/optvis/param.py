@@ -20,7 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+
+from dawnet.images import load_image
 
 __all__ = [
     "COLOR_CORRELATION_SVD_SQRT",
@@ -79,13 +82,9 @@ def to_tensor_image(img, channels: int | None = None, *, size: tuple[int, int] |
     repeated; RGB becomes its luminance) and rejects other mismatches. ``size`` is checked, never
     used to resize: a size mismatch raises, because a hidden resize changes what the model sees.
     """
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        Image = None
-    if Image is not None and isinstance(img, Image.Image):
-        if img.mode not in ("L", "RGB", "F", "I;16", "I"):
-            img = img.convert("RGB")
+    if isinstance(img, Image.Image):
+        if img.mode not in ("L", "RGB", "F", "I;16"):  # 32-bit grey scaled by its range, alpha over white
+            img = load_image(img, mode="auto")
         img = np.asarray(img)
     if isinstance(img, np.ndarray):
         arr = img

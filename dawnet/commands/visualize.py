@@ -64,8 +64,8 @@ def register(subparsers) -> None:
         nargs="+",
         default=None,
         metavar="PX",
-        help="Image size: H or H W (default: 128, or the agent's input size; with --read the model's "
-        "line height and a width for the text's length).",
+        help="Image size: H or H W (default: the agent's input size; recognizers: their line height and "
+        "4 times that width (128 for 32 px lines); with --read a width for the text's length; else 128).",
     )
     how.add_argument("--batch", type=int, default=1, help="Images optimized together (default: 1).")
     how.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05).")
@@ -224,6 +224,15 @@ def _input_settings(agent):
     return channels, size, preprocess
 
 
+def _default_size(model) -> tuple[int, int]:
+    """A recognizer's line height by 4 heights of width (Lucid's 128 px along a 32 px line, and at least the
+    model's shortest line); 128 x 128 for other models."""
+    height = getattr(model, "height", None)
+    if isinstance(height, int) and height > 0:
+        return height, max(int(getattr(model, "min_width", 1) or 1), 4 * height)
+    return 128, 128
+
+
 def _size(args, default):
     if args.size is None:
         return default
@@ -284,7 +293,7 @@ def _visualize(agent, args) -> dict:
     channels, agent_size, preprocess = _input_settings(agent)
     recognizer = _is_recognizer(agent)
     init = _init_image(args, channels, _line_reader(agent) if recognizer else None)
-    h, w = init.shape[-2:] if init is not None else _size(args, agent_size or (128, 128))
+    h, w = init.shape[-2:] if init is not None else _size(args, agent_size or _default_size(model))
     height = getattr(model, "height", None)
     if isinstance(height, int) and h != height:
         raise CommandError(

@@ -149,6 +149,29 @@ def test_unit_class_and_layer_listing(toy_checkpoint, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["objective"] == "class_logit(2)"
 
 
+def test_readme_channel_command_on_a_recognizer_uses_its_line_height(tmp_path, capsys):
+    """README: `dawnet visualize CKPT --layer backbone.layers.4 --channel 12 --out ch12.png` on a recognizer
+    (the default size used to be 128 x 128, which a 32 px line model refuses)."""
+    from dawnet.ocr.agents import CTCAgent
+    from dawnet.ocr.charset import Charset
+    from dawnet.ocr.models.recognizer import crnn_small
+
+    cs = Charset("abc ")
+    torch.manual_seed(0)
+    model = crnn_small(num_classes=cs.num_ctc_classes)
+    ckpt, out = tmp_path / "crnn.pt", tmp_path / "ch12.png"
+    CTCAgent(model, torch.optim.SGD(model.parameters(), lr=0.01), charset=cs, device="cpu").save(ckpt)
+    argv = ["visualize", str(ckpt), "--layer", "backbone.layers.4", "--channel", "12", "--out", str(out)]
+    assert main([*argv, "--steps", "2", "--json", "--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["objective"] == "channel('backbone.layers.4', 12)" and res["steps"] == 2
+    assert res["size"] == [32, 128] and res["channels"] == 1
+    with Image.open(out) as im:
+        assert im.size == (128, 32) and im.mode == "L"
+    assert main([*argv, "--steps", "1", "--size", "16", "64", "--quiet"]) == 2
+    assert "the model reads lines 32 px high, but the image would be 16 px: pass --size 32 W" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_read_makes_a_recognizer_read_the_text(recognizer_checkpoint, tmp_path, capsys):
     out = tmp_path / "line.png"

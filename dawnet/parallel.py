@@ -21,6 +21,7 @@ __all__ = [
     "is_main_process",
     "init_distributed",
     "all_reduce_sum",
+    "all_gather_objects",
     "barrier",
 ]
 
@@ -94,6 +95,18 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=backend_device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_gather_objects(obj) -> list:
+    """Every process's ``obj`` (picklable), in rank order; ``[obj]`` in a single process.
+
+    For results that are not sums, such as the predictions a detection mAP ranks over the whole set.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier() -> None:

@@ -25,5 +25,27 @@ else:
 agent.fit(data, steps=steps, val=val, progress=False)
 agent.save(os.path.join(out, "ddp.pt"))
 torch.save(agent.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+
+
+class Gathering(dawnet.Agent):
+    """A metric that is not a sum: every rank's predicted labels, gathered over the whole validation set."""
+
+    def evaluation_state(self):
+        state = super().evaluation_state()
+        state.labels = []
+        return state
+
+    def update_evaluation(self, state, outputs, targets, inputs):
+        super().update_evaluation(state, outputs, targets, inputs)
+        state.labels += outputs.argmax(1).tolist()
+
+    def finish_evaluation(self, state):
+        result = super().finish_evaluation(state)
+        every = sorted(x for part in dawnet.parallel.all_gather_objects(state.labels) for x in part)
+        return {**result, "labels": every}
+
+
+gathering = Gathering(agent.model, agent.optimizer, loss=nn.CrossEntropyLoss(), device="cpu")
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-    json.dump({"epochs": agent.history.epochs, "world": torch.distributed.get_world_size()}, f)
+    json.dump({"epochs": agent.history.epochs, "world": torch.distributed.get_world_size(),
+               "gathered": gathering.evaluate(val)}, f)

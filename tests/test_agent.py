@@ -27,9 +27,14 @@ def test_fit_learns_and_records_history():
     assert after["accuracy"] > 0.5
     assert agent.epoch == 6 and agent.step == 6 * 12 and len(history.steps) == agent.step
     step = history.steps[-1]
-    assert {"step", "epoch", "loss", "lr", "momentum", "samples_per_s", "time"} <= set(step)
+    assert set(step) == {"step", "epoch", "loss", "lr", "momentum", "samples_per_s", "time"}
+    assert (step["step"], step["epoch"], step["momentum"]) == (72, 5, 0.9)
+    assert step["lr"] == pytest.approx(0.05 * 0.7 ** 3)  # StepLR(20, 0.7) after 60 of the 72 steps
+    assert "samples_per_s" not in history.steps[0]  # no speed for the first step of a session
     assert [r["epoch"] for r in history.epochs] == [1, 2, 3, 4, 5, 6]
-    assert history.epochs[-1]["val_accuracy"] == pytest.approx(after["accuracy"])
+    assert set(history.epochs[-1]) == {"epoch", "step", "time", "loss", "val_loss", "val_accuracy"}
+    assert history.epochs[-1]["val_accuracy"] == after["accuracy"]
+    assert history.epochs[-1]["val_loss"] == after["loss"]
 
 
 def test_epochs_and_steps_are_totals():
@@ -93,7 +98,7 @@ def test_grad_clip_bounds_the_norm_and_logs_it():
 def test_bf16_autocast_on_cpu_trains():
     agent = make_agent(amp="bf16")
     agent.fit(loader(), steps=4, progress=False)
-    assert all(math.isfinite(r["loss"]) for r in agent.history.steps)
+    assert len(agent.history.steps) == 4 and all(math.isfinite(r["loss"]) for r in agent.history.steps)
     with pytest.raises(ValueError, match="needs CUDA"):
         make_agent(amp="fp16")
 
@@ -239,13 +244,25 @@ def test_subclass_hooks_handle_other_batch_structures():
     agent = DictAgent(model, torch.optim.SGD(model.parameters(), lr=0.05), loss=nn.CrossEntropyLoss(),
                       metrics={"acc": "accuracy"}, device="cpu")
     agent.fit(dicts, epochs=2, val=dicts, progress=False)
-    assert agent.step == 8 and "val_acc" in agent.history.epochs[-1]
+    assert agent.step == 8
+    assert set(agent.history.epochs[-1]) == {"epoch", "step", "time", "loss", "val_loss", "val_acc"}
+    assert agent.history.epochs[-1]["val_acc"] == agent.evaluate(dicts)["acc"]
 
 
 def test_train_metrics_are_logged_per_epoch():
-    agent = make_agent(train_metrics=True)
+    """With lr 0 the model never changes, so the epoch's train accuracy and loss are the fixed model's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 4))
+    agent = dawnet.Agent(model, torch.optim.SGD(model.parameters(), lr=0.0), loss=nn.CrossEntropyLoss(),
+                         metrics=["accuracy"], device="cpu", train_metrics=True)
     agent.fit(loader(32), epochs=1, progress=False)
-    assert 0.0 <= agent.history.epochs[-1]["train_accuracy"] <= 1.0
+    x, y = quadrant_data(32).tensors
+    with torch.no_grad():
+        scores = model(x)
+    record = agent.history.epochs[-1]
+    assert set(record) == {"epoch", "step", "time", "loss", "train_accuracy"}
+    assert record["train_accuracy"] == float((scores.argmax(1) == y).sum()) / 32
+    assert record["loss"] == pytest.approx(float(nn.CrossEntropyLoss()(scores, y)), rel=1e-6)
 
 
 def test_no_warnings_in_a_plain_fit():
@@ -253,3 +270,117 @@ def test_no_warnings_in_a_plain_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         agent.fit(loader(32), epochs=1, progress=False)
+
+
+def test_evaluate_is_the_size_weighted_mean_over_all_samples():
+    agent = make_agent()
+    data = loader(20, batch_size=8, shuffle=False)  # batches of 8, 8, 4
+    x, y = quadrant_data(20).tensors
+    agent.model.eval()
+    with torch.no_grad():
+        scores = agent.model(x)
+    results = agent.evaluate(data)
+    assert set(results) == {"loss", "accuracy"}
+    assert results["accuracy"] == float((scores.argmax(1) == y).sum()) / 20
+    assert results["loss"] == pytest.approx(float(nn.CrossEntropyLoss()(scores, y)), rel=1e-6)
+
+
+def test_evaluation_hooks_take_metrics_that_are_not_sums():
+    class MedianAgent(dawnet.Agent):
+        """The median over the whole set of the winning score: no (total, count) pair gives it."""
+
+        def evaluation_state(self):
+            state = super().evaluation_state()
+            state.top = []
+            return state
+
+        def update_evaluation(self, state, outputs, targets, inputs):
+            super().update_evaluation(state, outputs, targets, inputs)
+            state.top += outputs.max(1).values.tolist()
+
+        def finish_evaluation(self, state):
+            return {**super().finish_evaluation(state), "median_top": float(np.median(state.top)),
+                    "seen": state.samples, "batches": state.batches}
+
+    torch.manual_seed(0)
+    model = ToyCNN()
+    agent = MedianAgent(model, torch.optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss(),
+                        metrics=["accuracy"], device="cpu")
+    model.eval()
+    with torch.no_grad():
+        top = model(quadrant_data(20).tensors[0]).max(1).values
+    results = agent.evaluate(loader(20, batch_size=8, shuffle=False))
+    assert set(results) == {"loss", "accuracy", "median_top", "seen", "batches"}
+    assert results["median_top"] == pytest.approx(float(np.median(top.numpy())), rel=1e-6)
+    assert (results["seen"], results["batches"]) == (20, 3)
+    agent.fit(loader(16), epochs=1, val=loader(20, batch_size=8, shuffle=False), progress=False)
+    assert agent.history.epochs[-1]["val_batches"] == 3  # fit's validation goes through the same hooks
+
+
+def test_snapshot_and_restore_put_everything_back():
+    agent = make_agent()
+    agent.fit(loader(), steps=3, progress=False)
+    saved_state = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    optimizer_state = repr(agent.optimizer.state_dict())
+    schedule, callbacks = agent.schedule, agent.callbacks
+    history = (list(agent.history.steps), list(agent.history.epochs))
+    snapshot = agent.snapshot()
+    expected_draw = torch.rand(3)
+    agent.schedule = torch.optim.lr_scheduler.ExponentialLR(agent.optimizer, 0.5)
+    agent.callbacks = [EarlyStopping("loss")]
+    agent.fit(loader(), steps=9, progress=False)
+    agent.model.eval()
+    agent.restore(snapshot)
+    assert agent.schedule is schedule and agent.callbacks == callbacks
+    assert all(torch.equal(v, saved_state[k]) for k, v in agent.model.state_dict().items())
+    assert repr(agent.optimizer.state_dict()) == optimizer_state
+    assert (agent.history.steps, agent.history.epochs) == history
+    assert (agent.step, agent.epoch, agent.batch_in_epoch, agent.lr) == (3, 0, 3, 0.05)
+    assert agent.model.training
+    assert torch.equal(torch.rand(3), expected_draw)  # the RNG too
+
+
+def test_snapshot_refuses_an_open_accumulation_window():
+    agent = make_agent(accumulate=2)
+    agent.learn(next(iter(loader())))
+    with pytest.raises(RuntimeError, match="between optimizer steps"):
+        agent.snapshot()
+
+
+def test_kind_says_what_the_agent_outputs(tmp_path):
+    class Boxes(dawnet.Agent):
+        kind = "detection"
+
+    assert dawnet.Agent.kind == "generic" and make_agent().kind == "generic"
+    model = ToyCNN()
+    Boxes(model, torch.optim.SGD(model.parameters(), lr=0.1), device="cpu").save(tmp_path / "b.pt")
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["agent"]["kind"] == "detection"
+    assert dawnet.Agent.load(tmp_path / "b.pt").kind == "detection"
+
+
+def test_predict_and_postprocess_see_the_model_inputs():
+    seen = []
+
+    class Widths(dawnet.Agent):
+        def predict(self, outputs, inputs):
+            seen.append(("predict", tuple(inputs[0].shape)))
+            return outputs
+
+        def postprocess(self, outputs, inputs):
+            seen.append(("postprocess", tuple(inputs[0].shape)))
+            return outputs.argmax(1)
+
+    class OldStyle(dawnet.Agent):  # written before the hooks took inputs: still works
+        def predict(self, outputs):
+            seen.append(("old", tuple(outputs.shape)))
+            return outputs
+
+    model = ToyCNN()
+    agent = Widths(model, torch.optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss(),
+                   metrics=["accuracy"], device="cpu", input=ImageInput(channels=1, height=12, width=12))
+    agent.evaluate(loader(8, shuffle=False))
+    agent.infer(torch.rand(1, 12, 12))
+    old = OldStyle(model, torch.optim.SGD(model.parameters(), lr=0.1), loss=nn.CrossEntropyLoss(),
+                   metrics=["accuracy"], device="cpu")
+    old.evaluate(loader(8, shuffle=False))
+    assert seen == [("predict", (8, 1, 12, 12)), ("postprocess", (1, 1, 12, 12)), ("old", (8, 4))]

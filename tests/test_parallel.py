@@ -110,6 +110,12 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batches(tmp_path
     assert (agent.step, agent.epoch, agent.batch_in_epoch) == (12, 2, 2)
     single = agent.evaluate(DataLoader(quadrant_data(13, seed=1), batch_size=4))
     assert single["accuracy"] == pytest.approx(info[0]["epochs"][-1]["val_accuracy"])
+    # evaluation hooks: a result gathered over ranks (not a sum) is the whole set's, the same on both ranks
+    assert info[0]["gathered"] == info[1]["gathered"]
+    with torch.no_grad():
+        labels = agent.model(quadrant_data(13, seed=1).tensors[0]).argmax(1)
+    assert info[0]["gathered"]["labels"] == sorted(labels.tolist()) and len(labels) == 13
+    assert info[0]["gathered"]["loss"] == pytest.approx(single["loss"])
 
 
 @pytest.mark.slow

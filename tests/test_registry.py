@@ -79,3 +79,20 @@ def test_factory_must_return_a_module():
 
     with pytest.raises(TypeError, match="not an nn.Module"):
         bad()
+
+
+def test_a_spec_never_imports_or_calls_what_it_merely_names(monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "dawnet.__main__", raising=False)
+    for module in ("dawnet.__main__", "dawnet.commands.train", "torch.utils.cpp_extension", "os"):
+        for trust_code in (False, True):
+            if trust_code and module == "os":
+                continue  # trust_code is consent to import the user's own modules
+            with pytest.raises(UnknownModelError, match="is not registered"):
+                build_model({"name": "nope", "kwargs": {}, "module": module}, trust_code=trust_code)
+    assert "dawnet.__main__" not in sys.modules  # importing it would have run the CLI
+    with pytest.raises(UnknownModelError, match="factory inside torch or dawnet"):
+        build_model({"name": "torch.hub:load", "kwargs": {}, "module": "mypkg"}, trust_code=True)
+    with pytest.raises(ValueError, match="plain data"):
+        build_model({"name": "reg_test_net", "kwargs": {"width": print}, "module": __name__})

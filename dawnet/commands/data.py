@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "data",
         help="Build, verify and show the OCR benchmark data (synthetic lines, digit strings, pages).",
-        description="Generate the versioned OCR data specs (hw-lines-v1, digits-v1, pages-v1) to disk, "
+        description="Generate the versioned OCR data specs (hw-lines-v1/v2, digits-v1, pages-v1/v2) to disk, "
                     "verify a built folder against its manifest, and draw contact sheets.",
     )
     sub = p.add_subparsers(title="data commands", metavar="<data command>")
@@ -22,25 +22,32 @@ def register(subparsers) -> None:
                        description="Generate SPEC into --out with one process per CPU and a progress bar; "
                                    "writes manifest.json with per-file checksums and the Pillow, FreeType and "
                                    "font versions used. Files that match the manifest of the same spec are reused.")
-    b.add_argument("spec", help="Spec name: hw-lines-v1, digits-v1 or pages-v1; add ':smoke' for a tiny copy.")
+    b.add_argument("spec", help="Spec name (see 'dawnet data list': hw-lines-v1, hw-lines-v2, digits-v1, pages-v1, "
+                                "pages-v2, ...); add ':smoke' for a tiny copy.")
     b.add_argument("--out", required=True, help="Output folder (created if missing).")
     b.add_argument("--size", default=None, choices=["default", "smoke"],
                    help="Size profile (default: the spec's benchmark size).")
     b.add_argument("--workers", type=int, default=None, help="Worker processes (default: the CPU count).")
     b.add_argument("--fonts", default=None, metavar="DIR",
-                   help="Use the .ttf/.otf fonts under DIR instead of the installed Debian handwriting fonts "
-                        "(families are split train/val/test by name). Default: the Debian fonts.")
+                   help="Use the .ttf/.otf/.woff fonts under DIR instead of the spec's fonts (families are split "
+                        "train/val/test by name); for a v2 spec, a font cache written by scripts/fetch-fonts "
+                        "--fonts DIR is used as the pinned pool. Default: the spec's fonts.")
     b.add_argument("--force", action="store_true", help="Regenerate every file even if it is current.")
     b.add_argument("--json", action="store_true", help="Print a JSON summary instead of text.")
     b.set_defaults(func=run_build)
 
-    s = sub.add_parser("show", help="Draw a contact sheet of a built data folder.",
+    s = sub.add_parser("show", help="Draw a contact sheet of a built data folder or of a spec's lines.",
                        description="Draw N random items of a split of a built data folder (lines with their "
-                                   "transcription and font, or pages with their boxes) into a PNG.")
-    s.add_argument("dir", help="A folder made by 'dawnet data build'.")
+                                   "transcription and font, or pages with their boxes), or of a lines spec "
+                                   "rendered on the fly (the same images a build writes), into a grayscale PNG. "
+                                   "--families draws one line per font family of the split instead.")
+    s.add_argument("dir", metavar="DIR_OR_SPEC", help="A folder made by 'dawnet data build', or a spec name.")
+    s.add_argument("--families", action="store_true",
+                   help="One line per font family of the split (a spec or a built folder's spec).")
+    s.add_argument("--fonts", default=None, metavar="DIR", help="As for 'dawnet data build' (spec only).")
     s.add_argument("--out", required=True, help="Image file to write (e.g. sheet.png).")
     s.add_argument("--split", default="train", choices=["train", "val", "test"], help="Split (default: train).")
-    s.add_argument("-n", type=int, default=16, help="Number of items (default: 16).")
+    s.add_argument("-n", type=int, default=16, help="Number of items (default: 16; not with --families).")
     s.add_argument("--seed", type=int, default=0, help="Which items to pick (default: 0).")
     s.set_defaults(func=run_show)
 
@@ -106,13 +113,51 @@ def run_show(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise CommandError(f"-n must be at least 1, got {args.n}")
-    fig = contact_sheet(args.dir, split=args.split, n=args.n, seed=args.seed)
+    if os.path.isdir(args.dir):
+        if args.families:
+            from dawnet.ocr.data.builder import read_manifest
+            from dawnet.ocr.data.sheet import family_sheet
+            from dawnet.ocr.data.specs import DataSpec
+
+            manifest = read_manifest(args.dir)
+            if manifest is None:
+                raise CommandError(f"no manifest.json in {args.dir}: build it first (dawnet data build SPEC --out DIR)")
+            fig = family_sheet(DataSpec.from_dict(manifest["spec"]), args.split, seed=args.seed,
+                               fonts_dir=manifest.get("fonts_dir"))
+        else:
+            fig = contact_sheet(args.dir, split=args.split, n=args.n, seed=args.seed)
+    else:
+        from dawnet.ocr.data.fontpool import FontPoolError
+        from dawnet.ocr.data.sheet import family_sheet, spec_sheet
+        from dawnet.ocr.data.specs import spec
+
+        try:
+            s = spec(args.dir)
+            if args.families:
+                fig = family_sheet(s, args.split, seed=args.seed, fonts_dir=args.fonts)
+            else:
+                fig = spec_sheet(s, args.split, n=args.n, seed=args.seed, fonts_dir=args.fonts)
+        except (LookupError, FontPoolError, FileNotFoundError) as e:
+            raise CommandError(f"{args.dir} is neither a built data folder nor a usable spec: {e}") from None
+        except ValueError as e:
+            raise CommandError(str(e)) from None
     out = os.path.abspath(args.out)
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, out)
+    save_sheet(fig, out)
     print(f"wrote {out}")
     return 0
+
+
+def save_sheet(fig, out: str, dpi: int = 90) -> None:
+    """Write a contact sheet as a grayscale PNG (a third of the RGBA size), atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    tmp = out + ".tmp.png"
+    Image.open(buf).convert("L").save(tmp, optimize=True)
+    os.replace(tmp, out)
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -132,17 +177,22 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from dawnet.ocr.data.specs import list_specs, spec
+    from dawnet.ocr.data.specs import BENCH_DATA, list_specs, spec
 
     specs = [spec(n) for n in list_specs()]
+    bench = set(BENCH_DATA.values())
     if args.json:
-        print(json.dumps([s.to_dict() for s in specs], indent=2))
+        print(json.dumps([{**s.to_dict(), "bench": s.name in bench} for s in specs], indent=2))
         return 0
     for s in specs:
         sizes = "/".join(str(s.sizes[k]) for k in ("train", "val", "test"))
-        test_fonts = ", ".join(s.fonts.get("test", ())) or "-"
-        print(f"{s.name:12s} {s.kind:7s} train/val/test {sizes:16s} seed {s.seed}  test fonts: {test_fonts}")
-        print(f"{'':12s} {s.description}")
+        test = s.fonts.get("test", ())
+        test_fonts = ", ".join(test) if len(test) <= 4 else f"{len(test)} families ({', '.join(test[:3])}, ...)"
+        test_fonts = test_fonts or "-"
+        mark = "  [dawnet bench uses this]" if s.name in bench else ""
+        print(f"{s.name:18s} {s.kind:7s} train/val/test {sizes:18s} seed {s.seed}  test fonts: {test_fonts}{mark}")
+        print(f"{'':18s} {s.description}")
+    print("dawnet bench uses: " + ", ".join(f"{k} {v}" for k, v in BENCH_DATA.items()))
     return 0
 
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from dawnet.ocr.data.fontpool import is_pool_cache, pool_fonts
 from dawnet.ocr.data.fonts import FontInfo, find_fonts, fonts_covering
 from dawnet.ocr.data.specs import SPLITS, DataSpec
 from dawnet.ocr.data.text import TEXT_ALPHABET, Corpus, build_corpus
@@ -21,7 +22,18 @@ __all__ = ["SpecGenerator", "resolve_fonts"]
 def resolve_fonts(spec: DataSpec, fonts_dir: str | os.PathLike | None = None) -> dict[str, list[FontInfo]]:
     """Fonts per split. With the spec's families when installed; with ``fonts_dir`` holding other
     families, those are split by sorted family name: the last quarter (at least 1) tests, the next
-    ~15% (at least 1) validate, the rest train. Fonts missing a glyph of the alphabet are left out."""
+    ~15% (at least 1) validate, the rest train. Fonts missing a glyph of the alphabet are left out.
+
+    A spec on the pinned pool (``spec.pool``, v2 on) takes its families from the font cache
+    (``fonts_dir`` when it is a cache written by ``scripts/fetch-fonts``, else the default cache), every
+    file checked against the lock; a ``fonts_dir`` of other fonts replaces the pool as above."""
+    if spec.pool and (fonts_dir is None or is_pool_cache(fonts_dir)):
+        out = {split: pool_fonts(list(spec.fonts[split]), fonts_dir, probe=TEXT_ALPHABET) for split in SPLITS}
+        for fs in out.values():
+            bad = [f.path for f in fs if not f.covers(TEXT_ALPHABET)]
+            if bad:
+                raise ValueError(f"pinned fonts lack glyphs of the text alphabet: {bad[:3]}; the lock is damaged")
+        return out
     fonts = find_fonts(fonts_dir, probe=TEXT_ALPHABET)
     fonts, _ = fonts_covering(fonts, TEXT_ALPHABET)
     by_family: dict[str, list[FontInfo]] = {}
@@ -87,7 +99,7 @@ class SpecGenerator:
         key = ("lines", split)
         if key not in self._cache:
             fields = set(SynthConfig.__dataclass_fields__)
-            cfg = SynthConfig(**{k: v for k, v in self.spec.synth.items() if k in fields})
+            cfg = SynthConfig(**{k: v for k, v in self.spec.synth_for(split).items() if k in fields})
             self._cache[key] = LineSynthesizer(self.fonts[split], cfg)
         return self._cache[key]
 
@@ -107,7 +119,7 @@ class SpecGenerator:
         key = ("pages", split)
         if key not in self._cache:
             fields = set(PageConfig.__dataclass_fields__)
-            cfg = PageConfig(**{k: v for k, v in self.spec.synth.items() if k in fields})
+            cfg = PageConfig(**{k: v for k, v in self.spec.synth_for(split).items() if k in fields})
             try:
                 digits = self._digit_synth(split)
             except (ModuleNotFoundError, FileNotFoundError):

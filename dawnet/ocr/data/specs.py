@@ -6,6 +6,10 @@ A spec never changes once published: a change of sizes, fonts or generator makes
 
 Font splits are by *family* and disjoint: test fonts are never seen in training or validation (a
 model trained on 4 fonts reached 98.5% character accuracy on seen fonts and 58.6% on an unseen one).
+
+The v2 specs (``hw-lines-v2``, ``pages-v2``) draw on the pinned pool of ``fonts-lock.json`` (see
+:mod:`dawnet.ocr.data.fontpool`): 248 families split by a hash of their id, 186 train / 24 val / 38 test.
+Their held-out splits are drawn gentler than training (:data:`LEGIBLE`), so every test line stays readable.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["DataSpec", "spec", "list_specs", "SPLITS", "FONT_SPLITS", "EXCLUDED_FAMILIES"]
+__all__ = ["DataSpec", "spec", "list_specs", "SPLITS", "FONT_SPLITS", "EXCLUDED_FAMILIES", "POOL_LOCK_SHA256",
+           "LEGIBLE", "BENCH_DATA", "pool_splits"]
 
 SPLITS = ("train", "val", "test")
 
@@ -44,11 +49,19 @@ class DataSpec:
     synth: dict = field(default_factory=dict)  # overrides of SynthConfig / PageConfig / DigitStringConfig fields
     description: str = ""
     size: str = "default"
+    pool: str = ""  # "fonts-lock.json@<sha256>": fonts come from the pinned pool (v2 on); "": installed fonts
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fonts"] = {k: list(v) for k, v in self.fonts.items()}
+        if not self.pool:  # specs before the pool keep their published dict (and digest)
+            del d["pool"]
         return d
+
+    def synth_for(self, split: str) -> dict:
+        """The synthesizer overrides of ``split``: ``synth`` with its ``by_split[split]`` entries on top."""
+        base = {k: v for k, v in self.synth.items() if k != "by_split"}
+        return {**base, **self.synth.get("by_split", {}).get(split, {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> DataSpec:
@@ -85,19 +98,77 @@ _SPECS: dict[str, DataSpec] = {
         description="640x905 pages of 1-12 handwriting lines and digit strings, ruled or plain, skewed; "
                     "tight line boxes in YOLO txt and COCO JSON with transcriptions."),
 }
+# The pinned font pool of the v2 specs: fonts-lock.json's sha256. A new lock makes a new data version.
+POOL_LOCK_SHA256 = "4cc786a0581b430248032ac9f6c29811773d4530de7e082269a65d9de8f1b0a4"
+# Every split of the v2 specs rasterizes each font at the size that gives its 'x' 14 px (v1: all at 28 px em).
+POOL_SYNTH = {"glyph_x_height": 14.0}
+# Held-out lines of the v2 specs: no synthetic thick pen (it closes the loops of thin scripts; the pen width
+# varies by the fonts' own weights), milder blur, noise, elastic and slant, more
+# contrast and a larger x-height than training (SynthConfig's defaults), so no degradation merges letters.
+LEGIBLE = {"x_height_px": (12.0, 16.0), "bold_prob": 0.0, "stroke_swap_prob": 0.0, "slant": 0.2,
+           "elastic_px": 0.6, "ink_level": (0, 60), "paper_level": (215, 252), "pressure": 0.2, "texture": 8.0,
+           "blur_prob": 0.3, "blur_radius": (0.2, 0.6), "noise_sigma": (0.0, 4.0)}
+# The data versions `dawnet bench` uses (dawnet data list prints them).
+BENCH_DATA = {"lines": "hw-lines-v1", "digits": "digits-v1", "pages": "pages-v1"}
+
+
+def pool_splits() -> dict[str, tuple[str, ...]]:
+    """Families per split of the pinned pool (sorted by id), after checking the lock is the pinned one."""
+    import hashlib as _h
+
+    from dawnet.ocr.data import fontpool
+
+    data = fontpool.LOCK_PATH.read_bytes() if fontpool.LOCK_PATH.is_file() else b""
+    if _h.sha256(data).hexdigest() != POOL_LOCK_SHA256:
+        raise fontpool.FontPoolError(
+            f"{fontpool.LOCK_PATH.name} is not the lock the v2 specs pin (sha256 {POOL_LOCK_SHA256[:12]}). "
+            f"Fix: git checkout {fontpool.LOCK_PATH}; a new pool needs a new spec version")
+    lock = fontpool.load_lock()
+    return {s: tuple(f["family"] for f in fontpool.pool_families(lock, s)) for s in SPLITS}
+
+
+def _v2_specs() -> dict[str, DataSpec]:
+    fonts = pool_splits()
+    pool = f"fonts-lock.json@{POOL_LOCK_SHA256}"
+    legible = {**POOL_SYNTH, "by_split": {"val": LEGIBLE, "test": LEGIBLE}}
+    n = {s: len(v) for s, v in fonts.items()}
+    lines = DataSpec(
+        name="hw-lines-v2", kind="lines", seed=21, sizes={"train": 100000, "val": 3000, "test": 3000},
+        fonts=fonts, text_source="fortunes", synth=legible, pool=pool,
+        description=f"Synthetic handwriting lines (1-10 words of English from Debian fortunes) in the pinned pool "
+                    f"of {sum(n.values())} handwriting families (Debian + Google Fonts via Fontsource), "
+                    f"family-disjoint {n['train']}/{n['val']}/{n['test']} splits; held-out lines drawn legibly; "
+                    "LM text = the training documents.")
+    oracle = replace(
+        lines, name="hw-lines-v2-oracle", fonts={s: fonts["test"] for s in SPLITS},
+        description="The oracle of hw-lines-v2: train and val lines (other texts) in the test families; its "
+                    "test split is byte-identical to hw-lines-v2's. A recognizer trained on it measures how "
+                    "readable the test lines are (target: CER <= 2%), not generalization.")
+    pages = DataSpec(
+        name="pages-v2", kind="pages", seed=23, sizes={"train": 800, "val": 100, "test": 200}, fonts=fonts,
+        text_source="fortunes", synth={"width": 640, **legible}, pool=pool,
+        description="640x905 pages of 1-12 handwriting lines and digit strings in the pinned pool of hw-lines-v2 "
+                    "(same family splits), ruled or plain, skewed; tight line boxes in YOLO txt and COCO JSON.")
+    return {s.name: s for s in (lines, oracle, pages)}
+
+
+_V2_NAMES = ("hw-lines-v2", "hw-lines-v2-oracle", "pages-v2")
 _SMOKE = {"lines": {"train": 48, "val": 12, "test": 12}, "digits": {"train": 32, "val": 8, "test": 8},
           "pages": {"train": 4, "val": 2, "test": 2}}
 
 
 def list_specs() -> list[str]:
-    return sorted(_SPECS)
+    return sorted([*_SPECS, *_V2_NAMES])
 
 
 def spec(name: str, size: str | None = None) -> DataSpec:
-    """The spec ``name`` (``"hw-lines-v1"``, ``"digits-v1"``, ``"pages-v1"``; ``"name:smoke"`` works too)."""
+    """The spec ``name`` (``"hw-lines-v1"``, ``"hw-lines-v2"``, ``"digits-v1"``, ``"pages-v1"``, ``"pages-v2"``;
+    ``"name:smoke"`` works too)."""
     if ":" in name:
         name, suffix = name.split(":", 1)
         size = size or suffix
+    if name in _V2_NAMES and name not in _SPECS:
+        _SPECS.update(_v2_specs())  # lazily: reads and checks the lock file
     if name not in _SPECS:
         raise LookupError(f"unknown data spec {name!r}; known: {', '.join(list_specs())}")
     s = _SPECS[name]

@@ -33,6 +33,8 @@ class SynthConfig:
     word_spacing: tuple[float, float] = (0.8, 1.6)  # space advance multiplier, per line
     bold_prob: float = 0.25  # chance a line is written with a thicker pen
     stroke_swap_prob: float = 0.06  # chance one glyph flips to the other stroke width
+    glyph_x_height: float = 0.0  # > 0: rasterize each font at the size that gives its 'x' this height in px (so
+    # small-x-height scripts are not drawn tiny and upscaled into blur); 0: every font at _EM px
     slant: float = 0.25  # shear, tan(angle) (+-), per line
     elastic_px: float = 1.0  # elastic displacement amplitude, output px
     elastic_cell: int = 48  # elastic grid cell width, output px (one cell tall)
@@ -68,13 +70,18 @@ class _Glyphs:
     def __init__(self, font: FontInfo, config: SynthConfig, variants: int):
         self.info = font
         self.font = ImageFont.truetype(font.path, _EM)
+        self.em = _EM
+        if config.glyph_x_height > 0 and "x" in font.chars:
+            l, t, r, b = self.font.getbbox("x", anchor="ls")
+            self.em = int(np.clip(round(_EM * config.glyph_x_height / max(4, b - t)), _EM * 3 // 4, _EM * 5 // 2))
+            self.font = ImageFont.truetype(font.path, self.em)
         self.config = config
         self.variants = variants
         self.key = int(font.sha256[:8], 16)
         self.cache: dict[tuple[str, int, int], tuple[np.ndarray, int, int, float]] = {}
         self.bases: dict[tuple[str, int], tuple[Image.Image, int, int]] = {}
         self.advance: dict[str, float] = {}
-        l, t, r, b = self.font.getbbox("x", anchor="ls") if "x" in font.chars else (0, -_EM // 2, 0, 0)
+        l, t, r, b = self.font.getbbox("x", anchor="ls") if "x" in font.chars else (0, -self.em // 2, 0, 0)
         self.x_height = max(4, b - t)
 
     def adv(self, char: str) -> float:
@@ -194,16 +201,18 @@ class LineSynthesizer:
 
     # ------------------------------------------------------------------ glyph level
     def _draw_glyphs(self, text: str, g: _Glyphs, rng: np.random.Generator) -> np.ndarray:
-        """The line's ink at ``_EM`` px, glyph by glyph: jittered variant, baseline shift, spacing, stroke."""
+        """The line's ink at the font's glyph size (``g.em`` px), glyph by glyph: jittered variant, baseline
+        shift, spacing, stroke."""
         c = self.config
         bold = int(rng.random() < c.bold_prob)
         space_mult = rng.uniform(*c.word_spacing)
         # a fixed number of draws per character keeps the random stream aligned, hence reproducible
         r = rng.random((len(text), 4))
-        pad = _EM // 2
-        height = int(_EM * 1.7) + 2 * pad
-        baseline = pad + int(_EM * 1.2)
-        est = int(sum(g.adv(ch) for ch in text) * 1.3 + 2 * pad + _EM)
+        em = g.em
+        pad = em // 2
+        height = int(em * 1.7) + 2 * pad
+        baseline = pad + int(em * 1.2)
+        est = int(sum(g.adv(ch) for ch in text) * 1.3 + 2 * pad + em)
         canvas = np.zeros((height, est), dtype=np.uint8)
         x = float(pad)
         nv = self.variants
@@ -213,20 +222,20 @@ class LineSynthesizer:
                 continue
             a, ox, oy, adv = g.get(ch, bold ^ int(ri[3] < c.stroke_swap_prob), int(ri[0] * nv))
             gx = int(x + ox)
-            gy = int(baseline + oy + c.baseline_jitter * _EM * (2 * ri[1] - 1))
+            gy = int(baseline + oy + c.baseline_jitter * em * (2 * ri[1] - 1))
             y0, x0 = max(gy, 0), max(gx, 0)
             y1, x1 = min(gy + a.shape[0], height), min(gx + a.shape[1], est)
             if y1 > y0 and x1 > x0:
                 region = canvas[y0:y1, x0:x1]
                 np.maximum(region, a[y0 - gy:y1 - gy, x0 - gx:x1 - gx], out=region)
-            x += adv + c.spacing_jitter * _EM * (2 * ri[2] - 1)
+            x += adv + c.spacing_jitter * em * (2 * ri[2] - 1)
         return canvas[:, :min(est, int(x + pad))]
 
     # ------------------------------------------------------------------ line level
     def _ink(self, ink: np.ndarray, x_height: float, rng: np.random.Generator) -> np.ndarray:
         """Scale to the line's x-height, slant + elastic (one mesh warp), crop, pen pressure."""
         c = self.config
-        s = rng.uniform(*c.x_height_px) / x_height  # output px per _EM px
+        s = rng.uniform(*c.x_height_px) / x_height  # output px per glyph px
         shear = rng.uniform(-c.slant, c.slant)
         h = ink.shape[0]
         extra = int(abs(shear) * h / 2) + 2  # widen the canvas so the slant does not cut letters off
@@ -237,7 +246,7 @@ class LineSynthesizer:
         xs, ys = np.linspace(0, w_out, nx + 1), np.linspace(0, h_out, ny + 1)
         dx = rng.normal(0, c.elastic_px, (ny + 1, nx + 1))
         dy = rng.normal(0, c.elastic_px, (ny + 1, nx + 1))
-        # source (the _EM canvas) position of each output grid node
+        # source (the glyph-size canvas) position of each output grid node
         src_x = (xs[None, :] + dx) / s + shear * (ys[:, None] / s - h / 2)
         src_y = (ys[:, None] + dy) / s
         xi, yi = xs.astype(int), ys.astype(int)

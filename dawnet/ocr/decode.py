@@ -128,59 +128,76 @@ def ctc_align(log_probs: np.ndarray | torch.Tensor, ids: Sequence[int], blank: i
     """
     lp = np.asarray(log_probs.detach().float().cpu() if isinstance(log_probs, torch.Tensor) else log_probs,
                     dtype=np.float64)
-    ids = [int(i) for i in ids]
-    t_len = lp.shape[0]
-    if not ids:
-        return []
-    labels = np.full(2 * len(ids) + 1, blank, dtype=np.int64)
-    labels[1::2] = ids
-    s_len = len(labels)
-    # state s may also come from s - 2 when it is a character different from the one two states back
-    skip = np.zeros(s_len, dtype=bool)
-    skip[3::2] = labels[3::2] != labels[1:-2:2]
-    score = np.full(s_len, NEG_INF)
-    score[0] = lp[0, labels[0]]
-    score[1] = lp[0, labels[1]]
-    back = np.zeros((t_len, s_len), dtype=np.int8)  # 0: stay, 1: from s - 1, 2: from s - 2
+    if lp.ndim != 2:
+        raise ValueError(f"expected (T, C) log-probabilities for one line, got shape {lp.shape}")
+    return _align_batch(lp[None], [lp.shape[0]], [ids], blank)[0]
+
+
+def _align_batch(lp: np.ndarray, lens: Sequence[int], ids: Sequence[Sequence[int]], blank: int
+                 ) -> list[list[tuple[int, int]]]:
+    """:func:`ctc_align` for each line of (N, T, C) log-probs at once (valid frames ``lens``)."""
+    ids = [[int(c) for c in line] for line in ids]
+    n, t_len = len(ids), lp.shape[1]
+    s_len = 2 * max([len(line) for line in ids] + [0]) + 1
+    labels = np.full((n, s_len), blank, dtype=np.int64)
+    for i, line in enumerate(ids):
+        labels[i, 1:2 * len(line):2] = line
+    states = np.array([2 * len(line) + 1 for line in ids])
+    real = np.arange(s_len)[None, :] < states[:, None]  # (N, S): the states of each line's label sequence
+    # a character state may also be entered from two states back unless it repeats the character there
+    skip = np.zeros((n, s_len), dtype=bool)
+    skip[:, 3::2] = labels[:, 3::2] != labels[:, 1:-2:2]
+    emit = np.take_along_axis(lp, np.broadcast_to(labels[:, None, :], (n, t_len, s_len)), axis=2)
+    emit = np.where(real[:, None, :], emit, NEG_INF)  # (N, T, S)
+    score = np.full((n, s_len), NEG_INF)
+    score[:, :2] = emit[:, 0, :2]
+    back = np.zeros((n, t_len, s_len), dtype=np.int8)  # 0: stayed, 1: came from s - 1, 2: from s - 2
+    pad1, pad2 = np.full((n, 1), NEG_INF), np.full((n, 2), NEG_INF)
+    lens = np.asarray(lens)
     for t in range(1, t_len):
-        stay, one = score, np.concatenate([[NEG_INF], score[:-1]])
-        two = np.where(skip, np.concatenate([[NEG_INF, NEG_INF], score[:-2]]), NEG_INF)
-        cand = np.stack([stay, one, two])
-        back[t] = cand.argmax(0)
-        score = cand.max(0) + lp[t, labels]
-    end = s_len - 1 if score[-1] >= score[-2] else s_len - 2
-    if not np.isfinite(score[end]):
-        raise ValueError(f"{len(ids)} characters cannot be read from {t_len} CTC frames: the ids do not come "
-                         "from these outputs")
-    states = np.empty(t_len, dtype=np.int64)
-    s = end
-    for t in range(t_len - 1, -1, -1):
-        states[t] = s
-        s -= int(back[t, s])
-    spans: list[tuple[int, int]] = []
-    for t, s in enumerate(states.tolist()):
-        if s % 2 == 1:
-            k = s // 2
-            if len(spans) == k:
-                spans.append((t, t))
-            else:
-                spans[k] = (spans[k][0], t)
-    return spans
+        cand = np.stack([score, np.concatenate([pad1, score[:, :-1]], 1),
+                         np.where(skip, np.concatenate([pad2, score[:, :-2]], 1), NEG_INF)])
+        arg = cand.argmax(0)
+        active = (t < lens)[:, None]
+        back[:, t] = np.where(active, arg, 0)
+        score = np.where(active, np.take_along_axis(cand, arg[None], 0)[0] + emit[:, t], score)
+    out = []
+    for i, line in enumerate(ids):
+        if not line:
+            out.append([])
+            continue
+        last = states[i] - 1
+        s = last if score[i, last] >= score[i, last - 1] else last - 1
+        if not np.isfinite(score[i, s]):
+            raise ValueError(f"{len(line)} characters cannot be read from {int(lens[i])} CTC frames: the ids do "
+                             "not come from these outputs")
+        path = np.empty(int(lens[i]), dtype=np.int64)
+        for t in range(int(lens[i]) - 1, -1, -1):
+            path[t] = s
+            s -= int(back[i, t, s])
+        spans: list[list[int]] = []
+        for t, st in enumerate(path.tolist()):
+            if st % 2:
+                if len(spans) == st // 2:
+                    spans.append([t, t])
+                else:
+                    spans[-1][1] = t
+        out.append([(a, b) for a, b in spans])
+    return out
 
 
 def ctc_readings(log_probs: torch.Tensor | tuple, lengths: torch.Tensor | None, ids: Sequence[Sequence[int]],
                  charset=None, blank: int = 0) -> list[Reading]:
     """Readings of ids found by any search (e.g. beam + LM) over (N, T, C) CTC outputs: each id's frames
-    come from :func:`ctc_align`, its confidence is its highest softmax probability over its run."""
+    come from :func:`ctc_align` (all lines aligned at once), its confidence is its highest softmax
+    probability over its run."""
     log_probs, lengths = _ctc_outputs(log_probs, lengths)
     decode = _text_decoder(charset)
-    logits = log_probs.detach().float().cpu()
-    probs, logp = logits.softmax(-1), logits.log_softmax(-1).double().numpy()
-    lens = [probs.shape[1]] * probs.shape[0] if lengths is None else torch.as_tensor(lengths).tolist()
+    logp = log_probs.detach().float().cpu().log_softmax(-1).numpy()
+    lens = [logp.shape[1]] * logp.shape[0] if lengths is None else torch.as_tensor(lengths).tolist()
     out = []
-    for i, line in enumerate(ids):
-        spans = ctc_align(logp[i, :int(lens[i])], line, blank)
-        confs = [float(probs[i, a:b + 1, c].max()) for (a, b), c in zip(spans, line)]
+    for i, (line, spans) in enumerate(zip(ids, _align_batch(logp, lens, ids, blank))):
+        confs = [math.exp(float(logp[i, a:b + 1, c].max())) for (a, b), c in zip(spans, line)]
         out.append(Reading(decode(line), tuple(confs), tuple(a for a, _ in spans)))
     return out
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -188,6 +187,7 @@ def _run_rf(agent, args) -> int:
 def _run_figures(agent, args) -> int:
     import torch
 
+    from dawnet.atomic import atomic_write_text
     from dawnet.diagnose import vis
     from dawnet.diagnose.forward import eval_mode, forward_with
     from dawnet.diagnose.layout import canonical, feature_layout
@@ -272,9 +272,7 @@ def _run_figures(agent, args) -> int:
     except ValueError:
         pass  # a model without biases has no bias figure
     report["files"] = files
-    tmp = out_dir / f".report.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out_dir / "report.json")
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     files.append(str(out_dir / "report.json"))
     if args.json:
         print(json.dumps(report, indent=2, default=str))

@@ -128,11 +128,10 @@ def _layer_table(model) -> list[dict]:
 
 
 def _save_figure(fig, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    root, ext = os.path.splitext(path)
-    tmp = os.path.join(folder, f".{os.path.basename(root)}.tmp{ext or '.png'}")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    from dawnet.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # the temporary keeps the suffix: matplotlib picks the format from it
+        fig.savefig(tmp, dpi=120)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -412,7 +411,7 @@ def _line_reader(agent):
 
 
 def _save_png(img, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from dawnet.atomic import atomic_write
+
+    with atomic_write(path) as f:
+        img.save(f, format="PNG")

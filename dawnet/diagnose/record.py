@@ -31,6 +31,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from dawnet.atomic import atomic_path, atomic_write
 from dawnet.callbacks import Callback
 from dawnet.diagnose.forward import eval_mode, run_forward
 from dawnet.diagnose.layout import canonical, feature_layout
@@ -167,12 +168,9 @@ class FeatureRecorder(Callback):
                           "shapes": {n: list(maps[n].shape) for n in self.layers},
                           "channels": {n: self.channels.get(n) for n in self.layers},
                           "inputs_shape": list(self.inputs.shape), "every": self.every}
-            tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            with atomic_write(self.path) as f:
                 f.write(MAGIC)
                 _write_record(f, self._meta, self.inputs.float().numpy().astype(np.float16).tobytes())
-            os.replace(tmp, self.path)
         else:
             shapes = {n: list(maps[n].shape) for n in self.layers}
             if shapes != self._meta["shapes"]:
@@ -200,14 +198,12 @@ class FeatureRecorder(Callback):
         """Drop every other snapshot (keeping the first and last) and double ``every``."""
         rec = Recording(self.path)
         keep = set(range(0, len(rec.steps), 2)) | {len(rec.steps) - 1}
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
-        with open(self.path, "rb") as src, open(tmp, "wb") as f:
+        with open(self.path, "rb") as src, atomic_write(self.path) as f:
             f.write(MAGIC)
             _write_record(f, {**rec.meta, "every": self.every * 2}, rec._payload(src, rec._meta_at))
             for i, (step, off) in enumerate(zip(rec.steps, rec._offsets)):
                 if i in keep:
                     _write_record(f, {"kind": "snapshot", "step": step}, rec._payload(src, off))
-        os.replace(tmp, self.path)
         self.every *= 2
         if self._meta is not None:
             self._meta["every"] = self.every
@@ -398,9 +394,7 @@ def animate(rec: Recording, layer: str, path: str | os.PathLike, *, channels: Se
         im.paste(Image.fromarray(tile), (0, 14))
         ImageDraw.Draw(im).text((2, 1), f"{layer}  step {step}", fill=(0, 0, 0))
         frames.append(im)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path) as tmp:  # the temporary keeps the suffix (.gif / .mp4) for PIL and ffmpeg
         if suffix == ".gif":
             frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
         else:
@@ -413,9 +407,5 @@ def animate(rec: Recording, layer: str, path: str | os.PathLike, *, channels: Se
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if res.returncode != 0:
                     raise RuntimeError(f"ffmpeg failed: {res.stderr.strip()[-500:]}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 

@@ -31,19 +31,14 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
 
 
 def save_figure(fig: Figure, path: Any, dpi: int = 100) -> None:
-    """Write a figure atomically (temp file + rename), format from the suffix."""
-    import os
+    """Write a figure atomically (:mod:`dawnet.atomic`), format from the suffix."""
     from pathlib import Path
 
+    from dawnet.atomic import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi)
 
 
 def _np(t: Any) -> np.ndarray:

@@ -335,22 +335,13 @@ class RenderResult:
 
     def save(self, path: str, threshold: int | None = None) -> None:
         """Write the images at ``threshold`` (default: last) as one PNG, batch side by side; atomic."""
-        import os
-        import tempfile
+        from dawnet.atomic import atomic_write
 
         x = self.tensors[max(self.tensors) if threshold is None else threshold]
         strip = torch.cat(list(x), dim=-1)  # (C, H, N*W)
         img = tensor_to_pil(strip)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
-        os.close(fd)
-        try:
-            img.save(tmp, format="PNG")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            img.save(f, format="PNG")
 
 
 def _cell_size(h: int, w: int) -> tuple[float, float]:

@@ -102,7 +102,8 @@ def bench_model(name: str, repeats: int, train_steps: int, batch: int, peak: flo
 
 
 def bench_decoding(lines: int, beam: int) -> list[dict]:
-    """CTC decoding lines/s on peaky (trained-model-like) log-probs: T=64 steps, 80 classes."""
+    """CTC decoding lines/s on peaky (trained-model-like) log-probs: T=64 steps, 80 classes; with the cost of
+    readings (per-character confidences and frames) after greedy decoding and after a beam search."""
     rng = np.random.default_rng(0)
     t, c = WIDTH // 4, CHARSET.num_ctc_classes
     logits = rng.normal(size=(lines, t, c)).astype(np.float32)
@@ -111,9 +112,12 @@ def bench_decoding(lines: int, beam: int) -> list[dict]:
     np.put_along_axis(logits, best[..., None], 8.0, axis=-1)
     lp = torch.from_numpy(logits).log_softmax(-1)
     lm = CharNgramLM.train(_random_texts(2000, rng), order=6, vocab=CHARSET.chars)
+    ids = D.ctc_greedy(lp)  # what confidences and frames cost for ids a beam search found: a forced alignment
     rows = []
     for label, fn in [
         ("ctc greedy (batch)", lambda: D.ctc_greedy(lp)),
+        ("ctc greedy readings (batch)", lambda: D.ctc_greedy_readings(lp, None, CHARSET)),
+        ("ctc align greedy ids (readings)", lambda: D.ctc_readings(lp, None, ids, CHARSET)),
         (f"ctc prefix beam {beam}", lambda: D.ctc_beam_search(lp, beam=beam)),
         (f"ctc prefix beam {beam} + 6-gram LM", lambda: D.ctc_beam_search(lp, beam=beam, lm=lm, charset=CHARSET,
                                                                           lm_weight=0.5, bonus=1.0)),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dawnet.agent import Agent
-from dawnet.inputs import load_image
+from dawnet.images import load_image, to_gray
 from dawnet.ocr import decode as D
 from dawnet.ocr import metrics as M
 from dawnet.ocr.charset import Charset
@@ -106,19 +106,23 @@ def prepare_line(raw, height: int, min_width: int = 4, max_width: int = 16384) -
     """
     notes: list[str] = []
     if isinstance(raw, (str, os.PathLike, Image.Image)):
-        im = load_image(raw)
-        if im.mode not in ("L", "1", "I;16", "I", "F"):
+        im = load_image(raw, mode="auto")  # 16-bit grey scaled by its range, alpha composited over white
+        if im.mode != "L":
             notes.append(f"colour image ({im.mode}) converted to grayscale")
-        a = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        a = np.asarray(to_gray(im), dtype=np.float32) / 255.0
     elif isinstance(raw, np.ndarray):
-        a = raw.astype(np.float32)
-        if a.ndim == 3 and a.shape[2] in (3, 4):
-            notes.append(f"colour array ({a.shape[2]} channels) converted to grayscale")
-            a = a[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        elif a.ndim == 3 and a.shape[2] == 1:
-            a = a[..., 0]
-        if raw.dtype == np.uint8:
-            a = a / 255.0
+        colour = raw.ndim == 3 and raw.shape[2] in (3, 4)
+        if colour:
+            notes.append(f"colour array ({raw.shape[2]} channels) converted to grayscale")
+        if np.issubdtype(raw.dtype, np.integer) and raw.size and (raw.ndim == 2 or (raw.ndim == 3 and (
+                colour or raw.shape[2] == 1))):
+            a = np.asarray(to_gray(raw), dtype=np.float32) / 255.0  # 8/16-bit levels, RGBA over white
+        else:  # float arrays: values in [0, 1]
+            a = raw.astype(np.float32)
+            if colour:
+                a = a[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            elif a.ndim == 3 and a.shape[2] == 1:
+                a = a[..., 0]
     elif isinstance(raw, torch.Tensor):
         a = raw.detach().float().cpu().numpy()
         while a.ndim > 2 and a.shape[0] == 1:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dawnet.inputs import load_image
+from dawnet.images import load_image
 
 __all__ = [
     "Letterbox",
@@ -48,8 +48,15 @@ class Letterbox:
 
 
 def gray_page(image) -> Image.Image:
-    """A page (path, PIL, numpy (H, W) / (H, W, 3) in 0..255 or 0..1, tensor) as an 8-bit grey PIL image."""
-    if isinstance(image, np.ndarray):
+    """A page as an 8-bit grey PIL image: a path, PIL image or integer array through :func:`dawnet.images.load_image`
+    (16-bit grey scaled by its range, alpha composited over white); a float array or tensor (H, W) / (H, W, 3)
+    in 0..1 (or 0..255)."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().float().cpu()
+        while t.dim() > 2 and t.shape[0] == 1:
+            t = t[0]
+        return gray_page(t.numpy())
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):
         a = image
         if a.ndim == 3 and a.shape[2] in (3, 4):
             a = a[..., :3] @ np.array([0.299, 0.587, 0.114])
@@ -57,16 +64,9 @@ def gray_page(image) -> Image.Image:
             a = a[..., 0]
         if a.ndim != 2:
             raise ValueError(f"a page array must be (H, W) or (H, W, 3), got shape {image.shape}")
-        if a.dtype != np.uint8:
-            a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255)
+        a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255)
         return Image.fromarray(a.astype(np.uint8), mode="L")
-    if isinstance(image, torch.Tensor):
-        t = image.detach().float().cpu()
-        while t.dim() > 2 and t.shape[0] == 1:
-            t = t[0]
-        return gray_page(t.numpy())
-    im = load_image(image)
-    return im if im.mode == "L" else im.convert("L")
+    return load_image(image, mode="L")
 
 
 def letterbox(image, size: int = 640) -> tuple[torch.Tensor, Letterbox]:

@@ -22,7 +22,6 @@ import gzip
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -193,17 +192,13 @@ class CharNgramLM:
         return cls(int(d["order"]), d["vocab"], contexts, d["discounts"])
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write gzipped JSON atomically (temporary file + rename)."""
+        """Write gzipped JSON atomically (:func:`dawnet.atomic.atomic_write`: the process umask, stale
+        temporaries of killed writes removed)."""
+        from dawnet.atomic import atomic_write
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-                f.write(json.dumps(self.to_dict(), ensure_ascii=True).encode())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            f.write(json.dumps(self.to_dict(), ensure_ascii=True).encode())
         return path
 
     @classmethod

@@ -64,6 +64,21 @@ def test_prepare_line_converts_colour_and_says_so(lines):
     torch.testing.assert_close(x, prepare_line(lines[0], 32)[0], atol=1 / 255, rtol=0)
 
 
+def test_prepare_line_reads_16_bit_and_alpha_lines_as_their_8_bit_original(tmp_path, lines):
+    """A 16-bit scan (file or array) and ink drawn only in alpha read exactly as the 8-bit line."""
+    eight = np.asarray(lines[0])
+    want = prepare_line(lines[0], 32)[0]
+    sixteen = eight.astype(np.uint16) * 257  # 0..255 -> 0..65535
+    Image.fromarray(sixteen).save(tmp_path / "16.png")
+    torch.testing.assert_close(prepare_line(tmp_path / "16.png", 32)[0], want, atol=0, rtol=0)
+    torch.testing.assert_close(prepare_line(sixteen, 32)[0], want, atol=0, rtol=0)
+    alpha = np.zeros((*eight.shape, 4), dtype=np.uint8)  # black ink whose shape is only in alpha
+    alpha[..., 3] = 255 - eight
+    x, notes = prepare_line(Image.fromarray(alpha, mode="RGBA"), 32)
+    assert notes == ["colour image (RGB) converted to grayscale"]
+    torch.testing.assert_close(x, want, atol=1 / 255, rtol=0)
+
+
 @pytest.mark.parametrize("image, match", [
     (Image.new("L", (200, 40), 255), "blank"),
     (np.zeros((0, 10), dtype=np.uint8), "empty"),

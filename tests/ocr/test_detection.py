@@ -288,3 +288,43 @@ def test_agent_rejects_bad_batches():
     agent = DetectionAgent(m, torch.optim.SGD(m.parameters(), 0.1), device="cpu")
     with pytest.raises(TypeError, match="'images' and 'boxes'"):
         agent.unpack({"images": torch.zeros(1, 1, 64, 64)})
+
+
+def test_agent_evaluate_is_the_mean_loss_and_the_map_of_every_page():
+    """evaluate() runs the Agent's loop: the loss averaged over pages, mAP over all pages at once."""
+    from dawnet.ocr.metrics import detection_map
+
+    torch.manual_seed(0)
+    m = yolo(size=128)
+    agent = DetectionAgent(m, torch.optim.SGD(m.parameters(), 0.1), size=128, device="cpu")
+    assert agent.kind == "detection"
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(n, 1, 128, 128, generator=g), [torch.tensor([[10.0, 20.0, 100.0, 34.0]])] * n)
+               for n in (2, 1)]
+    got = agent.evaluate(batches)
+    m.eval()
+    losses, gts, preds = [], [], []
+    with torch.no_grad():
+        for x, boxes in batches:
+            out = m(x)
+            losses.append(float(agent.compute_loss(out, boxes)) * len(x))
+            gts += [b.numpy() for b in boxes]
+            preds += agent.predict(out, (x,))
+    expected = {"loss": sum(losses) / 3, **detection_map(gts, preds)}
+    assert got.keys() == expected.keys()
+    assert got == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        agent.evaluate([])
+
+
+def test_gray_page_reads_every_input_kind_as_the_same_8_bit_page():
+    from dawnet.ocr.boxes import gray_page
+
+    eight = np.random.default_rng(0).integers(0, 256, (40, 60), dtype=np.uint8)
+    want = np.asarray(gray_page(Image.fromarray(eight)))
+    assert (want == eight).all()
+    assert (np.asarray(gray_page(eight.astype(np.uint16) * 257)) == eight).all()  # 16-bit levels scaled
+    assert (np.asarray(gray_page(torch.from_numpy(eight / 255.0)[None])) == np.clip(eight / 255.0 * 255, 0, 255)
+            .astype(np.uint8)).all()  # a (1, H, W) float tensor in 0..1
+    with pytest.raises(ValueError, match=r"a page array must be \(H, W\)"):
+        gray_page(np.zeros((2, 3, 4, 5), dtype=np.float32))

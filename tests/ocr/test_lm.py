@@ -2,6 +2,7 @@
 
 import gzip
 import math
+import os
 
 import numpy as np
 import pytest
@@ -78,6 +79,9 @@ def test_save_load_round_trip(tmp_path):
     lm = CharNgramLM.train(TEXTS, order=6, vocab="XYZ")
     path = lm.save(tmp_path / "lm.json.gz")
     assert [p.name for p in tmp_path.iterdir()] == ["lm.json.gz"]  # no temporary files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the process umask, not mkstemp's 0600
     back = CharNgramLM.load(path)
     assert back.order == 6 and back.vocab == lm.vocab and back.symbols == lm.symbols
     for ctx in ["", "the", "where there is a", "qqq"]:

@@ -160,7 +160,12 @@ def _check_same_run(args, out: Path, agent, record: dict | None, data, data_id: 
     if agent.height != height:
         raise CommandError(f"{last} reads lines of height {agent.height}, not {height}: resume it with --height "
                            f"{agent.height}, or pass another --out")
-    options = dict(record["options"]) if record else {"grad_clip": agent.grad_clip, "seed": agent.seed}
+    if record:
+        options = dict(record["options"])
+    else:  # a run from before run.json: what its checkpoint knows
+        options = {"grad_clip": agent.grad_clip, "seed": agent.seed}
+        if getattr(agent.schedule, "max_lrs", None):
+            options["lr"] = float(agent.schedule.max_lrs[0])
     for name in ("batch_size", "grad_clip", "seed", "train_lines"):
         given = getattr(args, name)
         if given is not None and name in options and given != options[name]:

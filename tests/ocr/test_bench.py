@@ -189,6 +189,16 @@ def test_the_report_states_the_run_protocol_cost_and_data(full_results, tmp_path
     assert lines[-3:] == ["## Versions", "", "dawnet 0.1, torch 2.x"]
 
 
+def test_figures_plot_cer_against_cost_for_the_test_set(full_results, tmp_path):
+    from dawnet.ocr.bench import draw_figures
+
+    paths = draw_figures(full_results, tmp_path / "figures")
+    assert paths == [tmp_path / "figures" / "pareto-gflops.png", tmp_path / "figures" / "pareto-latency.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(q.name for q in (tmp_path / "figures").iterdir()) == ["pareto-gflops.png", "pareto-latency.png"]
+
+
 def test_results_schema_is_checked_with_one_line_errors(full_results):
     assert check_results(full_results) is full_results
     with pytest.raises(ValueError, match=r"^not a dawnet bench results.json \(no 'format': 'dawnet.bench'\)$"):

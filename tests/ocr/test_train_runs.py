@@ -140,3 +140,17 @@ def test_out_of_range_options_are_refused_before_any_work(data, tmp_path, capsys
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_from_before_run_json_is_checked_from_its_checkpoint(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(data, out, "--steps", "2", "--lr", "0.002") == 0
+    (out / "run.json").unlink()
+    capsys.readouterr()
+    assert _train(data, out, "--steps", "2", model="attn_small") == 2
+    assert _error(capsys) == (f"dawnet: error: {out} holds a crnn_small run, not attn_small: pass another --out "
+                              "to train attn_small, or train crnn_small to resume it")
+    assert _train(data, out, "--steps", "2", "--lr", "0.01") == 2
+    assert _error(capsys).startswith("dawnet: error: --lr 0.01 differs from this run's 0.002: ")
+    assert _train(data, out, "--steps", "2", "--lr", "0.002") == 0  # its own lr, read from the schedule
+    assert "nothing to train" in capsys.readouterr().out

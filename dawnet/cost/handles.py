@@ -36,6 +36,7 @@ __all__ = [
     "Handle",
     "HANDLES",
     "ZERO_OPS",
+    "inplace_by_name",
     "conv_macs",
     "rnn_gate_count",
     "rnn_cell_elementwise",
@@ -710,10 +711,12 @@ def _name(func) -> str:
 def _is_inplace(func, tags) -> bool:
     """``add_`` and the like: torch >= 2.13 tags them; older releases only name them with a trailing ``_``."""
     tag = getattr(torch.Tag, "inplace", None)
-    return tag in tags if tag is not None else _inplace_by_name(_name(func))
+    return tag in tags if tag is not None else inplace_by_name(_name(func))
 
 
-def _inplace_by_name(name: str) -> bool:
+def inplace_by_name(name: str) -> bool:
+    """Whether an aten op name is an in-place variant by the naming rule (`add_`, `__iand__`): what tells in-place
+    ops apart on torch releases without `Tag.inplace`."""
     base = name.split("::")[-1]
     if base.startswith("__") and base.endswith("__"):  # operators: __ixor__ is in place, __xor__ is not
         return base.startswith("__i")

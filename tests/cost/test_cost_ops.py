@@ -237,7 +237,7 @@ def test_transformer_encoder_padding_mask_counts_real_tokens():
 @pytest.mark.skipif(not hasattr(torch.Tag, "inplace"), reason="this torch has no Tag.inplace to compare with")
 def test_inplace_rule_for_older_torch_matches_the_tag():
     """torch < 2.13 has no Tag.inplace; the name rule used there must agree with the tag on every pointwise op."""
-    from dawnet.cost.handles import _inplace_by_name
+    from dawnet.cost.handles import inplace_by_name
 
     checked = 0
     for name in dir(torch.ops.aten):
@@ -246,7 +246,7 @@ def test_inplace_rule_for_older_torch_matches_the_tag():
             func = getattr(packet, overload)
             if torch.Tag.pointwise in func.tags:
                 checked += 1
-                assert _inplace_by_name(func._schema.name) == (torch.Tag.inplace in func.tags), func._schema.name
+                assert inplace_by_name(func._schema.name) == (torch.Tag.inplace in func.tags), func._schema.name
     assert checked > 300
 
 

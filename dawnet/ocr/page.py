@@ -30,7 +30,6 @@ __all__ = [
     "recognize_crops",
     "evaluate_pages",
     "CROP_PAD",
-    "add_page_arguments",
     "run_page_command",
 ]
 
@@ -215,28 +214,6 @@ def evaluate_pages(
 
 
 # -- command line: `dawnet read --detector CKPT --recognizer CKPT PAGE.png` -------------------------------
-
-
-def add_page_arguments(parser) -> None:
-    """The page-reading options of ``dawnet read``."""
-    g = parser.add_argument_group("pages (detect lines, then read them)")
-    g.add_argument(
-        "--detector",
-        default=None,
-        metavar="CKPT",
-        help="A text-line detector checkpoint (e.g. "
-        "DIR/models/yolo.pt from 'dawnet bench'); with it each IMAGE is a whole page (default: none, "
-        "each IMAGE is one line).",
-    )
-    g.add_argument(
-        "--recognizer",
-        default=None,
-        metavar="CKPT",
-        help="The line recognizer checkpoint used with --detector (default: the positional CHECKPOINT).",
-    )
-    g.add_argument(
-        "--boxes", action="store_true", help="With --detector: print each line's box and score too."
-    )
 
 
 def run_page_command(args) -> int:

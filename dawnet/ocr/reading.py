@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import time
 
-import torch
-
 __all__ = ["load_recognizer", "configure_decoder", "evaluate_lines"]
 
 
@@ -61,17 +59,12 @@ def configure_decoder(agent, lm_path: str | os.PathLike | None = None, beam: int
                       bonus=bonus if bonus is not None else (1.0 if lm else 0.0))
 
 
-def _is_blank(image: torch.Tensor) -> bool:
-    """A line tensor with one value everywhere: no ink (for batches without the datasets' ``blank`` flags)."""
-    return image.numel() == 0 or bool(image.max() == image.min())
-
-
 def evaluate_lines(agent, dataset, batch_size: int = 16, progress: bool = True) -> dict:
     """Read every line of ``dataset`` with ``agent``'s decoder and score it (:func:`dawnet.ocr.metrics.text_metrics`).
 
     Returns the metrics, ``lines_per_s`` (model + decoding time), ``pairs`` ``[(source, ref, hyp)]`` and
-    ``blank``: the sources of blank lines (every pixel the same), which are neither read nor scored
-    (``lines`` counts the scored ones).
+    ``blank``: the sources of blank lines (no ink: :func:`dawnet.images.is_blank`, as the datasets flag them),
+    which are neither read nor scored (``lines`` counts the scored ones).
     """
     from tqdm.auto import tqdm
 
@@ -81,8 +74,7 @@ def evaluate_lines(agent, dataset, batch_size: int = 16, progress: bool = True) 
     refs, hyps, sources, blank, seconds = [], [], [], [], 0.0
     for batch in tqdm(line_loader(dataset, batch_size, shuffle=False), desc="reading", unit="batch",
                       disable=not progress, leave=False):
-        flags = batch.get("blank") or [_is_blank(batch["images"][i, :, :, :w])
-                                        for i, w in enumerate(batch["widths"].tolist())]
+        flags = batch["blank"]  # the datasets' rule: dawnet.images.is_blank on the image as read
         keep = [i for i, is_blank in enumerate(flags) if not is_blank]
         blank += [s for s, is_blank in zip(batch["sources"], flags) if is_blank]
         if not keep:

@@ -158,22 +158,21 @@ def test_letterbox_of_a_numpy_page_matches_the_pil_page(pages):
 
 
 def test_read_command_reads_pages_with_detector_and_recognizer(tmp_path, pages, recognizer, capsys):
-    """The page mode of ``dawnet read``: a parser laid out as the read command's, real checkpoints."""
-    import argparse
-
+    """The page mode of ``dawnet read``: the read command's own parser, real checkpoints."""
+    from dawnet.cli import build_parser
     from dawnet.ocr.models.yolo import yolo
-    from dawnet.ocr.page import add_page_arguments, run_page_command
+    from dawnet.ocr.page import run_page_command
 
     m = yolo(size=320)
     det = DetectionAgent(m, torch.optim.SGD(m.parameters(), 0.1), size=320, score_threshold=0.0, device="cpu")
     det.save(tmp_path / "det.pt")
     recognizer.save(tmp_path / "rec.pt")
-    parser = argparse.ArgumentParser()
-    parser.add_argument("checkpoint", nargs="?")
-    parser.add_argument("images", nargs="*")
-    parser.add_argument("--json", action="store_true")
-    add_page_arguments(parser)
-    args = parser.parse_args(
+    read = build_parser("read")
+
+    def parse(argv):  # ``dawnet read ARGV`` as the command line gives it
+        return read.parse_args(["read", *argv])
+
+    args = parse(
         [
             "--detector",
             str(tmp_path / "det.pt"),
@@ -187,19 +186,19 @@ def test_read_command_reads_pages_with_detector_and_recognizer(tmp_path, pages, 
     assert run_page_command(args) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [o["image"] for o in out] == [pages[0].path, pages[1].path]
-    assert all(isinstance(o["text"], str) and isinstance(o["lines"], list) for o in out)
+    assert all(o["text"] == "\n".join(line["text"] for line in o["lines"]) for o in out)
     # the recognizer as the first positional argument, as in `dawnet read CHECKPOINT IMAGE`
-    args = parser.parse_args(
+    args = parse(
         ["--detector", str(tmp_path / "det.pt"), str(tmp_path / "rec.pt"), pages[0].path]
     )
     assert run_page_command(args) == 0
     with pytest.raises(ValueError, match="not a text-line detector"):
         run_page_command(
-            parser.parse_args(
+            parse(
                 ["--detector", str(tmp_path / "rec.pt"), str(tmp_path / "rec.pt"), pages[0].path]
             )
         )
     with pytest.raises(ValueError, match="at least one page"):
         run_page_command(
-            parser.parse_args(["--detector", str(tmp_path / "det.pt"), str(tmp_path / "rec.pt")])
+            parse(["--detector", str(tmp_path / "det.pt"), str(tmp_path / "rec.pt")])
         )

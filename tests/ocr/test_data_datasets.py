@@ -154,3 +154,28 @@ def test_to_tensor_reads_rgba_alpha_ink_like_its_gray_original():
     rgba = Image.fromarray(np.dstack([np.full_like(a, 255)] * 3 + [255 - a]), mode="RGBA")
     assert torch.equal(to_tensor(rgba, 20), to_tensor(Image.fromarray(a), 20))
     assert to_tensor(rgba, 20).max() == 1.0
+
+
+def test_widths_of_page_level_lines_are_the_crops_sizes_without_decoding(tmp_path, monkeypatch):
+    from dawnet.ocr.data.formats import read_page_xml
+
+    page = Image.new("L", (300, 200), 255)
+    page.paste(40, (20, 30, 131, 50))
+    page.save(tmp_path / "page.png")
+    (tmp_path / "page.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<PcGts xmlns="http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15">'
+        '<Page imageFilename="page.png" imageWidth="300" imageHeight="200"><TextRegion id="r">'
+        '<Coords points="0,0 299,0 299,199 0,199"/>'
+        '<TextLine id="a"><Coords points="20.6,30 130.2,30.4 130.2,49.5 20.6,49.5"/>'
+        "<TextEquiv><Unicode>polygon line</Unicode></TextEquiv></TextLine>"
+        '<TextLine id="b"><Coords points="250,150 340,150 340,190 250,190"/>'
+        "<TextEquiv><Unicode>runs off the page</Unicode></TextEquiv></TextLine>"
+        "</TextRegion></Page></PcGts>", encoding="utf-8")
+    records = read_page_xml(tmp_path / "page.xml")
+    assert [r.load().size for r in records] == [(111, 20), (50, 41)]
+    ds = LineDataset(records, height=20)
+    expected = [ds[i]["width"] for i in range(len(ds))]
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", lambda self: pytest.fail("widths() decoded pixels"))
+    assert [r.size() for r in records] == [(111, 20), (50, 41)]
+    assert ds.widths() == expected == [111, 24]

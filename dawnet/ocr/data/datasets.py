@@ -30,9 +30,9 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset, Sampler
 
-from dawnet.images import ImageError, image_size, is_blank, to_gray
+from dawnet.images import is_blank, to_gray
 from dawnet.ocr.charset import Charset, UnknownCharacterError, normalize
-from dawnet.ocr.data.formats.records import FormatError, LineRecord, LineSet, PageRecord
+from dawnet.ocr.data.formats.records import LineRecord, LineSet, PageRecord
 
 __all__ = ["LineDataset", "SyntheticLineDataset", "PageDataset", "LineAugment", "collate_lines", "collate_pages",
            "WidthBucketSampler", "padding_fraction", "to_tensor"]
@@ -148,20 +148,7 @@ class LineDataset(Dataset):
         if self._widths is None:
             ws = []
             for r in self.records:
-                if r.polygon is not None:
-                    xs, ys = [p[0] for p in r.polygon], [p[1] for p in r.polygon]
-                    w, h = max(xs) - min(xs), max(ys) - min(ys)
-                elif r.box is not None:
-                    w, h = r.box[2] - r.box[0], r.box[3] - r.box[1]
-                elif r.lmdb_key is None:
-                    try:
-                        w, h = image_size(r.path)  # as load() gives it: EXIF rotation applied
-                    except FileNotFoundError:
-                        raise FormatError(f"{r.source or r.path}: image not found: {r.path}") from None
-                    except ImageError as e:
-                        raise FormatError(f"{r.source or r.path}: unreadable image {r.path}: {e.reason}") from None
-                else:
-                    w, h = r.load().size
+                w, h = r.size()  # from the header, as load() gives it (EXIF rotation, page crop)
                 ow = max(1, round(w * self.height / max(1, h)))
                 ws.append(min(ow, self.max_width) if self.max_width else ow)
             self._widths = ws

@@ -107,31 +107,47 @@ class LineRecord:
     def load(self) -> Image.Image:
         """The line image in 8-bit grey (``L``, read by :func:`dawnet.images.load_image`); a page-level line is
         cropped, outside its polygon set to white."""
+        im = self._read(load_image)
+        box = self._region(im.size)
+        if box is None:
+            return im
+        crop = im.crop(box)
+        if self.polygon is not None:
+            x0, y0 = box[:2]
+            mask = Image.new("L", crop.size, 0)
+            ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in self.polygon], fill=255)
+            crop = Image.composite(crop, Image.new("L", crop.size, 255), mask)
+        return crop
+
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the image :meth:`load` returns, from the image header alone (no pixels)."""
+        size = self._read(image_size)
+        box = self._region(size)
+        return size if box is None else (box[2] - box[0], box[3] - box[1])
+
+    def _read(self, reader):
         where = f"{self.path}[{self.lmdb_key}]" if self.lmdb_key else self.path
         try:
-            im = load_image(_lmdb_get(self.path, self.lmdb_key) if self.lmdb_key is not None else self.path,
-                            name=where)
+            return reader(_lmdb_get(self.path, self.lmdb_key) if self.lmdb_key is not None else self.path,
+                          name=where)
         except FileNotFoundError:
             raise FormatError(f"{self.source or self.path}: image not found: {self.path}") from None
         except ImageError as e:
             raise FormatError(f"{self.source or where}: unreadable image {where}: {e.reason}") from None
+
+    def _region(self, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """The crop box of a page-level line inside a page of ``size`` (None for a line image)."""
         if self.polygon is not None:
             xs, ys = [p[0] for p in self.polygon], [p[1] for p in self.polygon]
             box = (int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1)
-        else:
+        elif self.box is not None:
             box = self.box
-        if box is not None:
-            x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], im.width), min(box[3], im.height)
-            if x1 <= x0 or y1 <= y0:
-                raise FormatError(f"{self.source}: line region {box} lies outside the {im.size} page image")
-            crop = im.crop((x0, y0, x1, y1))
-            if self.polygon is not None:
-                mask = Image.new("L", crop.size, 0)
-                ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in self.polygon], fill=255)
-                white = Image.new("L", crop.size, 255)
-                crop = Image.composite(crop, white, mask)
-            im = crop
-        return im
+        else:
+            return None
+        x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], size[0]), min(box[3], size[1])
+        if x1 <= x0 or y1 <= y0:
+            raise FormatError(f"{self.source}: line region {box} lies outside the {size} page image")
+        return x0, y0, x1, y1
 
 
 @dataclass

@@ -26,8 +26,8 @@ import torch
 from dawnet.ocr.lm import EOS, UNK, CharNgramLM
 
 __all__ = ["Reading", "ctc_greedy", "ctc_greedy_readings", "ctc_readings", "ctc_align", "ctc_reader",
-           "ctc_beam_search", "ctc_prefix_beam_search", "attention_greedy", "attention_readings",
-           "attention_beam_search", "lm_index", "ids_to_texts"]
+           "ctc_beam_search", "ctc_prefix_beam_search", "ctc_prefix_beam_search_reference", "attention_greedy",
+           "attention_readings", "attention_beam_search", "lm_index", "ids_to_texts"]
 
 NEG_INF = -math.inf
 
@@ -244,8 +244,139 @@ def lm_index(lm: CharNgramLM, charset, end_id: int | None = None) -> np.ndarray:
 
 def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, lm: CharNgramLM | None = None, charset=None,
                            lm_weight: float = 0.0, bonus: float = 0.0, blank: int = 0,
-                           prune: float | None = 1e-4) -> list[int]:
+                           prune: float | None = 1e-4, lm_cache: dict | None = None) -> list[int]:
     """CTC prefix beam search for one line (Hannun et al. 2014) over (T, C) log-probabilities.
+
+    Each step is computed for all beams x candidate characters at once with numpy; the LM's fused scores
+    are looked up once per LM context (the last ``order - 1`` characters) and cached. The result is
+    :func:`ctc_prefix_beam_search_reference`'s (the same scores, the same tie order), at model speed
+    (``np.logaddexp`` is the reference's ``max + log1p(exp(min - max))`` with the same libm calls).
+
+    Args:
+        beam: hypotheses kept per step.
+        lm, charset: a character LM and the charset mapping ids to its characters (both or neither).
+        lm_weight: weight of the LM log-probability; bonus: score added per emitted character.
+        prune: per step, only characters with probability >= ``prune`` extend prefixes (the best one
+            always does); None extends every character (exact, slow).
+        lm_cache: a dict to keep LM lookups in across calls with the same LM, charset and weight
+            (:func:`ctc_beam_search` shares one over a batch); None: one per call.
+    """
+    lp = np.asarray(log_probs, dtype=np.float64)
+    if lp.ndim != 2:
+        raise ValueError(f"expected (T, C) log-probabilities for one line, got shape {lp.shape}")
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    use_lm = lm is not None and lm_weight != 0.0
+    if use_lm and charset is None:
+        raise ValueError("LM fusion needs the charset that maps class ids to characters")
+    steps, num_classes = lp.shape
+    if prune:  # per step: the `beam` most probable characters that reach the threshold (the best always does)
+        k = min(beam, num_classes - 1)
+        top = np.argpartition(-lp, k, axis=1)[:, :k + 1] if k + 1 < num_classes else np.tile(
+            np.arange(num_classes), (steps, 1))
+        vals = np.take_along_axis(lp, top, 1)
+        best = top[np.arange(steps), vals.argmax(1)]
+        ok = (top != blank) & ((vals >= math.log(prune)) | (top == best[:, None]))
+        cand_steps = [top[t][ok[t]] for t in range(steps)]
+    else:
+        every = np.array([c for c in range(num_classes) if c != blank], dtype=np.int64)
+        cand_steps = [every] * steps
+    lm_rows = _LMRows(lm, charset, lm_weight, num_classes, lm_cache) if use_lm else None
+    chars = charset.chars if use_lm else None
+    # the beams, in the order the reference keeps them: prefixes, texts, log p ending in blank / non-blank,
+    # fused LM + bonus score, last character (-1: empty), and (with an LM) each prefix's row of LM scores
+    prefixes: list[tuple] = [()]
+    texts = [""]
+    pb, pnb, fused = np.zeros(1), np.full(1, NEG_INF), np.zeros(1)
+    last = np.full(1, -1, dtype=np.int64)
+    rows = [lm_rows.get("")[0]] if use_lm else None
+    neg_inf = np.full(beam * (num_classes + 1), NEG_INF)
+    for t in range(steps):
+        row = lp[t]
+        cands = cand_steps[t]
+        n, kc = len(prefixes), len(cands)
+        total = np.logaddexp(pb, pnb)
+        stay_b = total + row[blank]
+        stay_nb = np.where(last >= 0, pnb + row[np.maximum(last, 0)], NEG_INF)
+        stay_pos = np.arange(n) * (kc + 1)
+        if kc:
+            ext = np.where(cands[None, :] == last[:, None], pb[:, None], total[:, None]) + row[cands][None, :]
+            inc = np.stack(rows)[:, cands] if use_lm else np.zeros((n, kc))
+            ext_fused = (fused[:, None] + inc) + bonus
+            alive = np.ones((n, kc), dtype=bool)
+            # an extension that spells another beam's prefix adds to that beam (and takes its place in order)
+            if n > 1:
+                where = {p: i for i, p in enumerate(prefixes)}
+                slot = {int(c): j for j, c in enumerate(cands.tolist())}
+                for i, p in enumerate(prefixes):
+                    if p:
+                        b, j = where.get(p[:-1]), slot.get(p[-1])
+                        if b is not None and j is not None:
+                            stay_nb[i] = _logaddexp(float(stay_nb[i]), float(ext[b, j]))
+                            alive[b, j] = False
+                            if b < i:
+                                stay_pos[i] = b * (kc + 1) + j + 1
+            sel_b, sel_j = np.nonzero(alive)
+            score = np.concatenate([np.logaddexp(stay_b, stay_nb) + fused,
+                                    ext[sel_b, sel_j] + ext_fused[sel_b, sel_j]])
+            pos = np.concatenate([stay_pos, sel_b * (kc + 1) + sel_j + 1])
+        else:
+            sel_b = sel_j = np.zeros(0, dtype=np.int64)
+            ext = ext_fused = np.zeros((n, 0))
+            score, pos = np.logaddexp(stay_b, stay_nb) + fused, stay_pos
+        order = (np.lexsort((pos, -score)) if len(score) > beam else np.argsort(pos, kind="stable"))[:beam]
+        ext_sel = ext[sel_b, sel_j]
+        pb = np.concatenate([stay_b, neg_inf[:len(sel_b)]])[order]
+        pnb = np.concatenate([stay_nb, ext_sel])[order]
+        fused = np.concatenate([fused, ext_fused[sel_b, sel_j]])[order]
+        last = np.concatenate([last, cands[sel_j]])[order]
+        new_prefixes, new_texts, new_rows = [], [], []
+        for e in order.tolist():
+            if e < n:
+                new_prefixes.append(prefixes[e])
+                if use_lm:
+                    new_texts.append(texts[e])
+                    new_rows.append(rows[e])
+            else:
+                b, c = int(sel_b[e - n]), int(cands[sel_j[e - n]])
+                new_prefixes.append(prefixes[b] + (c,))
+                if use_lm:
+                    text = texts[b] + chars[c - 1]
+                    new_texts.append(text)
+                    new_rows.append(lm_rows.get(text)[0])
+        prefixes, texts, rows = new_prefixes, new_texts, new_rows
+    final = np.logaddexp(pb, pnb) + fused
+    if use_lm:
+        final = final + np.array([lm_rows.get(s)[1] for s in texts])
+    return list(prefixes[int(np.argmax(final))])
+
+
+class _LMRows:
+    """Per LM context: ``lm_weight * log p_lm(c | context)`` for every class id, and the line end's term."""
+
+    def __init__(self, lm: CharNgramLM, charset, lm_weight: float, num_classes: int, cache: dict | None):
+        self.lm, self.lm_weight, self.n = lm, lm_weight, lm.order - 1
+        self.table = lm_index(lm, charset)[:num_classes]
+        self.eos = lm.index[EOS]
+        key = (id(lm), lm_weight, charset.chars)
+        self.cache = {} if cache is None else cache.setdefault(key, {})
+
+    def get(self, text: str) -> tuple[np.ndarray, float]:
+        ctx = text[-self.n:] if self.n else ""
+        hit = self.cache.get(ctx)
+        if hit is None:
+            if len(self.cache) > 200_000:
+                self.cache.clear()
+            logd = self.lm.log_distribution(text)
+            hit = self.cache[ctx] = (self.lm_weight * logd[self.table], self.lm_weight * float(logd[self.eos]))
+        return hit
+
+
+def ctc_prefix_beam_search_reference(log_probs: np.ndarray, beam: int = 10, lm: CharNgramLM | None = None,
+                                     charset=None, lm_weight: float = 0.0, bonus: float = 0.0, blank: int = 0,
+                                     prune: float | None = 1e-4) -> list[int]:
+    """:func:`ctc_prefix_beam_search` written out prefix by prefix in plain Python: the specification the
+    vectorized search is tested against (the same result, several times slower).
 
     Args:
         beam: hypotheses kept per step.
@@ -338,7 +469,8 @@ def ctc_beam_search(log_probs: torch.Tensor, lengths: torch.Tensor | None = None
     """:func:`ctc_prefix_beam_search` for each line of (N, T, C) log-probs with valid lengths (N,)."""
     lp = log_probs.detach().float().cpu().numpy()
     lens = [lp.shape[1]] * lp.shape[0] if lengths is None else torch.as_tensor(lengths).tolist()
-    return [ctc_prefix_beam_search(lp[i, :lens[i]], beam, lm, charset, lm_weight, bonus, blank, prune)
+    cache: dict = {}  # LM scores per context, shared by the lines
+    return [ctc_prefix_beam_search(lp[i, :lens[i]], beam, lm, charset, lm_weight, bonus, blank, prune, cache)
             for i in range(lp.shape[0])]
 
 

@@ -12,10 +12,12 @@ import torch
 
 from dawnet.ocr.bench.profiles import Profile
 from dawnet.ocr.bench.schema import DataResult
+from dawnet.ocr.data.specs import BENCH_DATA
 
-__all__ = ["SPECS", "SeenFontLines", "prepare_data", "line_test_sets", "log"]
+__all__ = ["LINES", "DIGITS", "PAGES", "SPECS", "SeenFontLines", "prepare_data", "line_test_sets", "log"]
 
-SPECS = ("hw-lines-v1", "digits-v1", "pages-v1")
+LINES, DIGITS, PAGES = BENCH_DATA["lines"], BENCH_DATA["digits"], BENCH_DATA["pages"]  # the specs the bench uses
+SPECS = (LINES, DIGITS, PAGES)
 
 
 def log(progress: bool, msg: str) -> None:
@@ -68,7 +70,7 @@ class SeenFontLines(torch.utils.data.Dataset):
         from dawnet.ocr.data.specs import spec
         from dawnet.ocr.data.synth import LineSynthesizer
 
-        gen = SpecGenerator(spec("hw-lines-v1"))
+        gen = SpecGenerator(spec(LINES))
         synth = LineSynthesizer(gen.fonts["train"])
         texts = gen.texts("val")
         self.items = []
@@ -82,7 +84,7 @@ class SeenFontLines(torch.utils.data.Dataset):
     def info(self) -> DataResult:
         """Its entry in ``results["data"]``: size, checksum and what it is."""
         return {"lines": len(self.items), "sha256": self.digest,
-                "what": "hw-lines-v1 val texts in the training fonts, seeds (1, 1000, i)"}
+                "what": f"{LINES} val texts in the training fonts, seeds (1, 1000, i)"}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -102,6 +104,6 @@ def line_test_sets(data: dict[str, DataResult], height: int, seen: SeenFontLines
 
     return {
         "seen": seen,
-        "test": LineDataset(Path(data["hw-lines-v1"]["path"]) / "test" / "labels.tsv", height=height),
-        "digits": LineDataset(Path(data["digits-v1"]["path"]) / "test" / "labels.tsv", height=height),
+        "test": LineDataset(Path(data[LINES]["path"]) / "test" / "labels.tsv", height=height),
+        "digits": LineDataset(Path(data[DIGITS]["path"]) / "test" / "labels.tsv", height=height),
     }

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from dawnet.atomic import atomic_write_text
+from dawnet.ocr.bench.data import DIGITS, LINES, PAGES
 from dawnet.ocr.bench.schema import Results
 from dawnet.ocr.recipes import DETECTOR, RECOGNIZER
 
@@ -138,10 +139,10 @@ def write_report(results: Results, path: Path) -> Path:
         "## Protocol",
         "",
         f"- Budget (equal for every recognizer): {results['budget']}.",
-        "- Recognizers train on the hw-lines-v1 + digits-v1 training lines ("
+        f"- Recognizers train on the {LINES} + {DIGITS} training lines ("
         + RECOGNIZER.with_lr(p["rec_lr"]).describe()
         + (", line augmentation" if p["augment"] else "")
-        + "); the detector on the pages-v1 training pages ("
+        + f"); the detector on the {PAGES} training pages ("
         + DETECTOR.with_lr(p["det_lr"]).describe()
         + "); no model selection on test data. Every model is scored as reloaded from its checkpoint file.",
         f"- Decoders: greedy, and beam {p['beam']} with the character {results['lm']['order']}-gram LM "
@@ -149,8 +150,8 @@ def write_report(results: Results, path: Path) -> Path:
         f"{results['lm']['train_lines']} LM lines, held-out perplexity "
         f"{num(results['lm']['held_out_perplexity'])}) on the text lines; beam {p['beam']} without it on the "
         "digit strings, which are random (an English LM only hurts them).",
-        "- Test sets: `seen` = held-out texts in the training fonts; `test` = hw-lines-v1 test split (unseen "
-        "fonts); `digits` = digits-v1 test split (real MNIST digits); pages = pages-v1 test split.",
+        f"- Test sets: `seen` = held-out texts in the training fonts; `test` = {LINES} test split (unseen "
+        f"fonts); `digits` = {DIGITS} test split (real MNIST digits); pages = {PAGES} test split.",
         f"- Text normalization: {results['normalization']}. CER/WER are corpus-level (edits / reference "
         "length); page CER joins each page's lines in reading order.",
         "- GFLOPs: one forward pass (2 FLOPs per multiply-add, `dawnet.cost.count`) of one line of the "

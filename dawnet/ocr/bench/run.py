@@ -14,7 +14,7 @@ import torch
 
 from dawnet.atomic import atomic_write_text
 from dawnet.ocr.bench.cost import detector_cost, recognizer_cost, train_utilization
-from dawnet.ocr.bench.data import SeenFontLines, line_test_sets, log, prepare_data
+from dawnet.ocr.bench.data import LINES, PAGES, SeenFontLines, line_test_sets, log, prepare_data
 from dawnet.ocr.bench.figures import draw_figures, draw_history
 from dawnet.ocr.bench.profiles import RECOGNIZERS, Profile, get_profile
 from dawnet.ocr.bench.report import write_report
@@ -57,12 +57,12 @@ def score_lines(agent, dataset, progress: bool) -> RecognitionRow:
 
 
 def _train_lm(prof: Profile, seed: int, charset, out: Path):
-    """The character LM on the LM text of hw-lines-v1 (never test lines): (lm, its results entry)."""
+    """The character LM on the LM text of the lines spec (never test lines): (lm, its results entry)."""
     from dawnet.ocr.lines import lm_texts
     from dawnet.ocr.lm import CharNgramLM
 
     t = time.perf_counter()
-    train_text, held, _ = lm_texts("hw-lines-v1", seed)
+    train_text, held, _ = lm_texts(LINES, seed)
     lm = CharNgramLM.train(train_text, order=prof.lm_order, vocab=charset.chars)
     lm.save(out / "models" / "charlm.json.gz")
     info: LMResult = {
@@ -151,7 +151,7 @@ def _bench_detector(results: Results, prof: Profile, seed: int, device, out: Pat
 
 
 def _test_pages(results: Results) -> Path:
-    return Path(results["data"]["pages-v1"]["path"]) / "test" / "coco.json"
+    return Path(results["data"][PAGES]["path"]) / "test" / "coco.json"
 
 
 def run_bench(
@@ -195,7 +195,7 @@ def run_bench(
         "pipeline": [],
     }
     results["data"] = prepare_data(prof, data_dir, progress, workers)
-    charset = spec_charset(spec("hw-lines-v1"))
+    charset = spec_charset(spec(LINES))
     seen = SeenFontLines(prof.seen_lines, 32)
     results["data"]["seen-fonts"] = seen.info()
     lm, results["lm"] = _train_lm(prof, seed, charset, out)

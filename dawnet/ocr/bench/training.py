@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from dawnet.ocr.bench.data import DIGITS, LINES, PAGES
 from dawnet.ocr.bench.profiles import Profile
 from dawnet.ocr.bench.schema import DataResult
 from dawnet.ocr.recipes import DETECTOR, RECOGNIZER
@@ -27,7 +28,7 @@ def line_loader(data: dict[str, DataResult], height: int, charset, batch: int, a
     parts = [
         LineDataset(Path(data[n]["path"]) / "train" / "labels.tsv", height=height, charset=charset, augment=aug,
                     seed=seed)
-        for n in ("hw-lines-v1", "digits-v1")
+        for n in (LINES, DIGITS)
     ]
     widths = [w for p in parts for w in p.widths()]
     sampler = WidthBucketSampler(widths, batch, shuffle=True, drop_last=True, seed=seed)
@@ -83,7 +84,7 @@ def train_detector(data: dict[str, DataResult], profile: Profile, seed: int, dev
     from dawnet.registry import create_model
 
     torch.manual_seed(seed)
-    pages = Path(data["pages-v1"]["path"])
+    pages = Path(data[PAGES]["path"])
     train = DetectionDataset(pages / "train" / "coco.json", profile.det_size,
                              augment=DetectionAugment() if profile.det_augment else None, seed=seed)
     model = create_model(profile.detector, size=profile.det_size)

@@ -151,3 +151,40 @@ def test_cli_build_show_verify(tmp_path, capsys):
     assert main(["data", "build", "no-such-spec", "--out", str(out)]) == 2
     assert "unknown data spec" in capsys.readouterr().err
     assert main(["data", "show", str(tmp_path), "--out", str(sheet)]) == 2
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def test_v2_smoke_builds_are_byte_identical_and_record_the_pool(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ma = build("hw-lines-v2:smoke", a, workers=1, progress=False)
+    build("hw-lines-v2:smoke", b, workers=2, progress=False)
+    ta = _tree(a)
+    assert ta == _tree(b) and len([k for k in ta if k.endswith(".png")]) == 72
+    assert ma["disk_bytes"] == sum((a / rel).stat().st_size for rel in ma["files"])
+    pool = ma["font_pool"]
+    assert pool["lock_sha256"] == spec("hw-lines-v2").pool.split("@")[1]
+    assert pool["excluded"]["rock-salt"].startswith("caps: lowercase drawn as capitals")
+    assert set(pool["classes"]["test"]) == set(spec("hw-lines-v2").fonts["test"])
+    test_families = set(spec("hw-lines-v2").fonts["test"])
+    fonts = [json.loads(line)["font"] for line in (a / "test" / "items.jsonl").read_text().splitlines()]
+    families = {f.path: f.family for f in SpecGenerator(spec("hw-lines-v2:smoke")).fonts["test"]}
+    assert {families[p] for p in fonts} <= test_families
+
+
+def test_the_oracle_tests_on_exactly_the_v2_test_lines():
+    v2, oracle = SpecGenerator(spec("hw-lines-v2")), SpecGenerator(spec("hw-lines-v2-oracle"))
+    assert set(oracle.spec.fonts["train"]) == set(v2.spec.fonts["test"])
+    assert oracle.texts("test") == v2.texts("test") and not set(oracle.texts("train")) & set(v2.texts("test"))
+    for i in (0, 1, 2999):
+        x, y = v2.item("test", i), oracle.item("test", i)
+        assert x.text == y.text and x.image.tobytes() == y.image.tobytes()
+
+
+def test_v1_specs_are_unchanged():
+    """Published specs never change: their dicts (hence digests and bytes) are what they were."""
+    assert spec("hw-lines-v1").digest() == "87c6d7945227ba92" and "pool" not in spec("hw-lines-v1").to_dict()
+    assert spec("pages-v1").digest() == "c0d37a36d75665da" and spec("digits-v1").digest() == "a9eeca75475ef1c5"

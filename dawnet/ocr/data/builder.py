@@ -2,7 +2,8 @@
 
 Layout of ``out/`` (every split: ``train``, ``val``, ``test``)::
 
-    manifest.json                 spec, versions (Pillow, FreeType, fonts...), sha256 of every file
+    manifest.json                 spec, versions (Pillow, FreeType, fonts...), build seconds, disk bytes, the font
+                                  pool's lock and exclusions (v2 specs), sha256 of every file
     <split>/images/000000.png     line or page images (grayscale, dark ink on light paper)
     <split>/items.jsonl           one JSON record per item (text, font / MNIST rows, boxes...)
     <split>/labels.tsv            lines, digits: ``images/000000.png<TAB>text`` (read_tsv reads it)
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from dawnet.ocr.data.fontpool import is_pool_cache, pool_record
 from dawnet.ocr.data.formats.detection import CLASSES, write_coco, write_yolo_labels
 from dawnet.ocr.data.formats.lines import write_tsv_rows
 from dawnet.ocr.data.formats.records import PageRecord, atomic_write_text, save_image
@@ -206,12 +208,16 @@ def build(spec: DataSpec | str, out: str | os.PathLike, workers: int | None = No
                                                                           enumerate(CLASSES)))
         atomic_write_text(out / "data.yaml", yaml)
         files["data.yaml"] = _sha256_file(out / "data.yaml")
+    disk = sum((out / rel).stat().st_size for rel in files)
     manifest = {"format": "dawnet.data", "format_version": 1, "spec": spec.to_dict(), "spec_digest": spec.digest(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds":
                 round(time.perf_counter() - t0, 2), "workers": workers, "fonts_dir": gen.fonts_dir,
                 "text_source": spec.text_source if gen.corpus is not None else None,
                 "text": gen.corpus.report if gen.corpus is not None else None,
-                "versions": versions(gen), "splits": splits, "files": dict(sorted(files.items()))}
+                "versions": versions(gen), "splits": splits, "disk_bytes": disk}
+    if spec.pool and gen.fonts and (gen.fonts_dir is None or is_pool_cache(gen.fonts_dir)):
+        manifest["font_pool"] = pool_record()
+    manifest["files"] = dict(sorted(files.items()))
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 

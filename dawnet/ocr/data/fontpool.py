@@ -38,7 +38,7 @@ from pathlib import Path
 
 __all__ = ["LOCK_PATH", "FETCH_COMMAND", "FontPoolError", "cache_dir", "load_lock", "fetch", "verify_cache",
            "pool_fonts", "pool_families", "update_lock", "npm_registry", "HAND_CLASSES", "hand_class",
-           "split_of", "SPLIT_SALT", "SPLIT_FRACTIONS", "CJK_SUBSETS"]
+           "split_of", "SPLIT_SALT", "SPLIT_FRACTIONS", "CJK_SUBSETS", "is_pool_cache", "pool_record"]
 
 LOCK_PATH = Path(__file__).with_name("fonts-lock.json")
 FETCH_COMMAND = "scripts/fetch-fonts"  # what set-up runs; the one-line errors name it
@@ -181,11 +181,11 @@ def _extract(data: bytes, members: list[str]) -> dict[str, bytes]:
 
 # -- fetch and verify ---------------------------------------------------------------------------------------
 
-def _wanted(lock: dict, everything: bool = False) -> list[dict]:
+def _wanted(lock: dict) -> list[dict]:
     """Fontsource families whose files set-up fetches: the kept ones and those excluded by a glyph rule
     (the tests re-check those rules on the real files); not the ones the metadata already rules out."""
     return [f for f in lock["families"] if f["source"] == "fontsource" and f["files"]
-            and (everything or not f.get("excluded") or f.get("rule") != "metadata")]
+            and f.get("rule") != "metadata"]
 
 
 def verify_cache(fonts_dir: str | os.PathLike | None = None, lock: dict | None = None) -> list[str]:
@@ -260,8 +260,11 @@ def pool_fonts(families: list[str] | None = None, fonts_dir: str | os.PathLike |
                lock: dict | None = None, probe: str | None = None) -> list:
     """``FontInfo`` of every file of the kept families (``families``: their names; default all), with
     ``family`` set to the lock's family name. Raises :class:`FontPoolError` (one line naming the fix)
-    when a file is missing from the cache or its sha256 differs from the lock. Nothing downloads."""
-    from dawnet.ocr.data.fonts import font_info
+    when a file is missing from the cache or its sha256 differs from the lock. Nothing downloads.
+
+    The covered characters are the lock's ``alphabet``, which :func:`update_lock` checked glyph by glyph
+    on these very bytes (the sha256 proves it); a ``probe`` with other characters is checked afresh."""
+    from dawnet.ocr.data.fonts import FontInfo, font_info
 
     lock = lock or load_lock()
     root = cache_dir(fonts_dir)
@@ -270,6 +273,7 @@ def pool_fonts(families: list[str] | None = None, fonts_dir: str | os.PathLike |
     unknown = [n for n in names if n not in kept]
     if unknown:
         raise LookupError(f"font families not in the pool of {LOCK_PATH.name} (or excluded): {unknown[:5]}")
+    checked = set(lock.get("alphabet", ""))
     out = []
     for name in names:
         fam = kept[name]
@@ -279,14 +283,32 @@ def pool_fonts(families: list[str] | None = None, fonts_dir: str | os.PathLike |
                 fix = (f"sudo apt-get install {fam['package']}" if fam["source"] == "debian"
                        else f"run {FETCH_COMMAND}" + (f" --fonts {fonts_dir}" if fonts_dir else ""))
                 raise FontPoolError(f"pinned font {fam['family']} ({fam['package']}) is missing: {p}. Fix: {fix}")
-            info = font_info(p, probe)
-            if info.sha256 != f["sha256"]:
+            sha = _sha256(p)
+            if sha != f["sha256"]:
                 fix = (f"install {fam['package']} version {fam['version']} (the pool pins its bytes)"
                        if fam["source"] == "debian" else f"delete it and run {FETCH_COMMAND}")
-                raise FontPoolError(f"font {p} differs from {LOCK_PATH.name} (sha256 {info.sha256[:12]}, pinned "
+                raise FontPoolError(f"font {p} differs from {LOCK_PATH.name} (sha256 {sha[:12]}, pinned "
                                     f"{f['sha256'][:12]}). Fix: {fix}")
-            out.append(replace(info, family=fam["family"]))
+            if probe is not None and set(probe) <= checked:
+                style = f["style"] if fam["source"] == "debian" else f"{f['weight']} {f['style']}"
+                out.append(FontInfo(path=p, family=fam["family"], style=style, version=fam["version"],
+                                    sha256=sha, chars=frozenset(checked)))
+            else:
+                out.append(replace(font_info(p, probe), family=fam["family"]))
     return out
+
+
+def pool_record(lock: dict | None = None) -> dict:
+    """What a manifest records about the pool: the lock's sha256, its sources and rules, the excluded
+    families with their reasons and the kept families' hand classes per split."""
+    lock = lock or load_lock()
+    kept = pool_families(lock)
+    return {"lock": LOCK_PATH.name, "lock_sha256": _sha256(LOCK_PATH), "category_source": lock["category_source"],
+            "files_used": lock["files_used"], "split_rule": lock["split_rule"],
+            "exclusion_rules": lock["exclusion_rules"],
+            "excluded": {f["id"]: f"{f['rule']}: {f['excluded']}" for f in lock["families"] if f.get("excluded")},
+            "classes": {s: {f["family"]: f["class"] for f in kept if f["split"] == s}
+                        for s in ("train", "val", "test")}}
 
 
 # -- hand classes and splits --------------------------------------------------------------------------------
@@ -356,6 +378,7 @@ def update_lock(out: str | os.PathLike | None = None, fonts_dir: str | os.PathLi
         glyph_measures,
         joins_letters,
     )
+    from dawnet.ocr.data.text import TEXT_ALPHABET
 
     registry = npm_registry()
     root = cache_dir(fonts_dir)
@@ -429,12 +452,12 @@ def update_lock(out: str | os.PathLike | None = None, fonts_dir: str | os.PathLi
                 continue
             info = font_info(path)
             fam = by_family.setdefault(info.family, {
-                "id": _slug(info.family), "family": info.family, "source": "debian", "package": package,
+                "id": f"{package}:{_slug(info.family)}", "family": info.family, "source": "debian", "package": package,
                 "version": _debian_version(package), "license": "see /usr/share/doc/" + package + "/copyright",
                 "files": []})
             fam["files"].append({"path": rel, "style": info.style, "sha256": info.sha256})
     for fam in by_family.values():
-        dup = google_names.get(fam["id"])
+        dup = google_names.get(_slug(fam["family"]))
         if dup:
             fam.update(excluded=f"same hand as the pinned Fontsource family {dup} (kept: its bytes are pinned)",
                        rule="duplicate")
@@ -449,11 +472,18 @@ def update_lock(out: str | os.PathLike | None = None, fonts_dir: str | os.PathLi
         if reason:
             fam.update(excluded=reason[1], rule=reason[0])
             continue
+        for f in fam["files"][1:]:  # a variant that lacks a glyph the regular has is left out, with the reason
+            why = exclusion_reason(_file_path(fam, f, root))
+            if why and why[0] == "coverage":
+                fam.setdefault("dropped_files", []).append({**f, "reason": why[1]})
+        dropped = {f["sha256"] for f in fam.get("dropped_files", ())}
+        fam["files"] = [f for f in fam["files"] if f["sha256"] not in dropped]
         fam["class"] = hand_class(fam["id"], joins_letters(path))
         fam["split"] = split_of(fam["id"])
     families.sort(key=lambda f: f["id"])
     lock = {"format": "dawnet.fonts-lock", "format_version": 1,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "alphabet": "".join(sorted(set(TEXT_ALPHABET))),
             "category_source": {"package": _METADATA_PACKAGE, "version": mver, "integrity": mdist["integrity"],
                                 "file": "data/google-fonts-v2.json", "category": "handwriting",
                                 "families": len(metas)},
@@ -464,6 +494,8 @@ def update_lock(out: str | os.PathLike | None = None, fonts_dir: str | os.PathLi
                                             "packaged by Fontsource",
                                 "duplicate": "a Debian font whose family Fontsource also packages (the pinned "
                                              "Fontsource bytes are kept)", **EXCLUSION_RULES},
+            "class_rule": "school: Playwrite and Edu families; cursive: 'nmunmu' set as one word renders as at most "
+                          "3 ink components at 64 px (the letters join); print: the rest",
             "split_rule": {"salt": SPLIT_SALT, "fractions": SPLIT_FRACTIONS,
                            "rule": "u = sha256(salt:id)[:15 hex] / 16^15; test if u < 0.16, val if u < 0.24, "
                                    "else train; the same thresholds in every hand class"},

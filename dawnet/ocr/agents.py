@@ -293,7 +293,8 @@ class _RecognizerAgent(Agent):
     @torch.inference_mode()
     def read_batch(self, x: torch.Tensor, widths: torch.Tensor | None = None) -> list[Reading]:
         """Readings of a padded batch ``x`` (N, 1, H, W) of prepared lines (ink 1, paper 0: what
-        ``collate_lines`` gives) with valid ``widths`` (N,); eval mode inside, the model's mode restored."""
+        ``collate_lines`` gives) with valid ``widths`` (N,); eval mode inside, the model's mode restored. The
+        plain model runs in float32 (no autocast, no parallel wrapper), as ``dawnet eval`` and the bench score."""
         x = x.to(self.device)
         widths = None if widths is None else torch.as_tensor(widths).to(self.device)
         was = self.model.training

@@ -214,8 +214,13 @@ class CharNgramLM:
             raise ValueError(f"{path} is not a readable dawnet LM (gzipped JSON): {e}") from None
         return cls.from_dict(d)
 
+    @property
+    def num_contexts(self) -> int:
+        """How many histories (contexts of up to ``order - 1`` characters) the model stores a distribution for."""
+        return len(self._ctx)
+
     def __repr__(self) -> str:
-        return f"CharNgramLM(order={self.order}, vocab={len(self.vocab)} chars, contexts={len(self._ctx)})"
+        return f"CharNgramLM(order={self.order}, vocab={len(self.vocab)} chars, contexts={self.num_contexts})"
 
 
 def _discounts(counts: Counter) -> tuple[float, float, float]:

@@ -83,6 +83,7 @@ def test_save_load_round_trip(tmp_path):
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the process umask, not mkstemp's 0600
     back = CharNgramLM.load(path)
+    assert back.num_contexts == lm.num_contexts == len(lm.to_dict()["contexts"]) > 0
     assert back.order == 6 and back.vocab == lm.vocab and back.symbols == lm.symbols
     for ctx in ["", "the", "where there is a", "qqq"]:
         np.testing.assert_allclose(back.distribution(ctx), lm.distribution(ctx), rtol=0, atol=1e-15)

@@ -119,7 +119,15 @@ def test_attention_beam_1_equals_greedy():
     assert beam1 == greedy
     # a wider beam returns a hypothesis at least as probable (under the model) as greedy's, here
     beam4 = D.attention_beam_search(model.head, feats, flens, beam=4)
-    assert all(isinstance(h, list) for h in beam4) and len(beam4) == 3
+
+    def log_prob(i, ids):  # the model's log-probability of line i reading ids, then the end token
+        dec_in = torch.tensor([[cs.start, *ids]])
+        lp = model.head.mask_specials(model.head(feats[i:i + 1], flens[i:i + 1], dec_in)).log_softmax(-1)[0]
+        return float(sum(lp[s, c] for s, c in enumerate([*ids, cs.end])))
+
+    assert len(beam4) == 3
+    for i in range(3):
+        assert log_prob(i, beam4[i]) >= log_prob(i, greedy[i]) - 1e-5
 
 
 @torch.no_grad()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
+from nets import TinyCRNN
 from PIL import Image
 from torch import nn
 
@@ -32,20 +31,9 @@ from dawnet.diagnose.trace import receptive_field
 ALPHABET = "abcdef"
 
 
-class CRNN(nn.Module):
-    def __init__(self, classes: int = len(ALPHABET) + 1, hidden: int = 8):
-        super().__init__()
-        self.cnn = nn.Sequential(OrderedDict(
-            conv1=nn.Conv2d(1, 6, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2, 2),
-            conv2=nn.Conv2d(6, 8, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d((2, 1), (2, 1)),
-            conv3=nn.Conv2d(8, 8, (4, 1)),
-        ))
-        self.rnn = nn.LSTM(8, hidden, bidirectional=True, batch_first=True)
-        self.head = nn.Linear(2 * hidden, classes)
-
-    def forward(self, x):
-        out, _ = self.rnn(self.cnn(x).squeeze(2).permute(0, 2, 1))
-        return self.head(out)
+def crnn() -> nn.Module:
+    """conv1, pool (2, 2), conv2, pool (2, 1), BiLSTM, head: (N, T = W / 2, 7) logits for 16 px lines."""
+    return TinyCRNN(classes=len(ALPHABET) + 1, height=16, channels=(6, 8), hidden=8)
 
 
 def line(seed: int = 0, h: int = 16, w: int = 40) -> torch.Tensor:
@@ -150,7 +138,7 @@ def test_ctc_greedy_collapses_repeats_and_reports_char_probs():
 
 def test_compare_reports_local_changes_and_decoded_text():
     torch.manual_seed(0)
-    model = CRNN().eval()
+    model = crnn().eval()
     a, b = line(0), line(1)
     edited = transplant(a, (0, 0, 16, 8), b, at=(0, 16))  # columns 16..23 change
     rep = compare(model, b, edited, ["cnn.conv2", "rnn"], decode=ctc_greedy(ALPHABET))
@@ -162,7 +150,11 @@ def test_compare_reports_local_changes_and_decoded_text():
         assert bool(d[..., x].abs().amax() > 0) == touches, x
     assert rep.layers["rnn"].delta.abs().sum() > 0
     assert rep.output_change > 0
-    assert isinstance(rep.text_before, str) and isinstance(rep.text_after, str)
+    with torch.no_grad():
+        want_before, want_after = (ctc_greedy(ALPHABET)(model(x[None]))[0] for x in (b, edited))
+    assert (rep.text_before, rep.text_after) == (want_before.text, want_after.text)
+    assert rep.decoded_after[0].probs == pytest.approx(want_after.probs)
+    assert len(rep.decoded_after[0].probs) == len(rep.text_after)
     assert all(0 < p <= 1 for p in rep.decoded_after[0].probs)
     top = rep.top_channels("cnn.conv2", 3)
     stats = rep.layers["cnn.conv2"].per_channel()["mean_abs_change"]
@@ -172,6 +164,27 @@ def test_compare_reports_local_changes_and_decoded_text():
     assert same.output_change == 0 and same.layers["cnn.conv2"].delta.abs().sum() == 0
     with pytest.raises(ValueError, match="same shape"):
         compare(model, b, line(0, w=32), ["cnn.conv2"])
+
+
+def test_ctc_greedy_reads_a_dawnet_recognizer_with_its_charset():
+    """README: compare(..., decode=ctc_greedy(charset)) on dawnet's own recognizer, which returns
+    (log_probs, lengths); a Charset is taken as the alphabet (its blank and classes)."""
+    from dawnet.ocr.charset import Charset
+    from dawnet.ocr.decode import ctc_greedy_readings
+    from dawnet.ocr.models.recognizer import crnn_small
+
+    cs = Charset("abc ")
+    torch.manual_seed(0)
+    model = crnn_small(num_classes=cs.num_ctc_classes).eval()
+    x = torch.rand(1, 1, 32, 64, generator=torch.Generator().manual_seed(0))
+    rep = compare(model, x, erase(x, (0, 0, 32, 16)), ["backbone.layers.4"], decode=ctc_greedy(cs))
+    with torch.no_grad():
+        want = ctc_greedy_readings(*model(x), charset=cs, blank=cs.blank)[0]
+    got = rep.decoded_before[0]
+    assert got.text == want.text and got.probs == list(want.confidences) and got.frames == want.frames
+    assert rep.text_before == want.text
+    with pytest.raises(ValueError, match="the output has 5 classes but the alphabet has 2 characters"):
+        ctc_greedy("ab")(model(x))
 
 
 def test_scale_zooms_about_the_centre_and_fills_with_paper():

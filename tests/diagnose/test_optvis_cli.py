@@ -4,19 +4,12 @@ import json
 
 import pytest
 import torch
+from digit_reader import H, train_tiny_crnn  # tests/diagnose/digit_reader.py
+from nets import TinyCRNN
 from PIL import Image
-from test_optvis_inversion import CRNN, H, train_tiny_crnn  # tests/diagnose is on sys.path under pytest
 
 import dawnet
 from dawnet.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +24,16 @@ def toy_checkpoint(tmp_path_factory):
 
 
 @dawnet.register_model("optvis_test_crnn")
-class ReaderCRNN(CRNN):
-    """The tiny digit CRNN of test_optvis_inversion with the recognizer interface the OCR agents use."""
+class ReaderCRNN(TinyCRNN):
+    """The tiny digit CRNN of digit_reader with the recognizer interface the OCR agents use."""
 
     height, in_chans, num_classes, min_width, head_kind = H, 1, 11, 2, "ctc"
 
-    def log_probs(self, x):
-        return super().forward(x)
+    def __init__(self):
+        super().__init__(classes=11, height=H, channels=(16, 32), hidden=32, log_probs=True)
 
     def forward(self, x, widths=None):
-        out = self.log_probs(x)
+        out = super().forward(x)  # (N, T, 11) log-probabilities
         lengths = (
             torch.full((x.shape[0],), out.shape[1], dtype=torch.long) if widths is None else (widths + 1) // 2
         )

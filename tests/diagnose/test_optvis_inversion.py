@@ -4,39 +4,21 @@ The string test trains a tiny CRNN (conv -> (2,1) pools -> BiLSTM -> Linear, CTC
 digit strings drawn with PIL's default font, then makes it read a string of our choice.
 """
 
-import functools
 import random
 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from digit_reader import H, W, decode, draw, encode, train_tiny_crnn  # tests/diagnose/digit_reader.py
+from nets import TinyConvNet
 from torch import nn
 
 from dawnet.diagnose.optvis import inversion as inv
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class TinyConv(nn.Module):
-    """Two strided convs and a linear layer: small enough to train in a second."""
-
-    def __init__(self, channels=3, classes=4):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, 8, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
-        self.fc = nn.Linear(8 * 4 * 4, classes)
-
-    def forward(self, x):
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.fc(x.flatten(1))
+def tiny_conv(channels: int = 3) -> nn.Module:
+    """Two strided convs and a linear layer over the flattened 4x4 map of a 16x16 image: trains in a second."""
+    return TinyConvNet(in_channels=channels, classes=4, width=8, stride=2, size=16)
 
 
 def quadrant_images(labels, g):
@@ -50,12 +32,10 @@ def quadrant_images(labels, g):
 
 @pytest.fixture(scope="module")
 def classifier():
-    """A TinyConv trained to tell which quadrant holds the bright square."""
+    """A tiny_conv trained to tell which quadrant holds the bright square."""
     torch.manual_seed(0)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
     g = torch.Generator().manual_seed(0)
-    model = TinyConv()
+    model = tiny_conv()
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(150):
         y = torch.randint(4, (64,), generator=g)
@@ -66,7 +46,6 @@ def classifier():
     y = torch.arange(4).repeat(25)
     with torch.no_grad():
         acc = (model(quadrant_images(y.tolist(), g)).argmax(1) == y).float().mean()
-    torch.set_num_threads(n)
     assert acc > 0.95, f"the tiny classifier did not learn ({acc:.0%}): the test setup is broken"
     return model.eval()
 
@@ -122,7 +101,7 @@ def _smooth_image(h=16, w=16, c=3, seed=0):
 
 def test_feature_inversion_recovers_the_activations():
     torch.manual_seed(2)
-    model = TinyConv(channels=1)
+    model = tiny_conv(channels=1)
     image = _smooth_image(16, 16, 1, seed=3)
     res = inv.invert_features(
         model, image, "conv1", tol=0.02, steps=400, check_every=10, seed=0, progress=False, penalty=None
@@ -135,91 +114,10 @@ def test_feature_inversion_recovers_the_activations():
 
 def test_noise_start_needs_a_size():
     with pytest.raises(ValueError, match="size"):
-        inv.optimize_input(TinyConv(), inv.class_target(0), progress=False)
+        inv.optimize_input(tiny_conv(), inv.class_target(0), progress=False)
 
 
-# -- a tiny trained recognizer ---------------------------------------------------------------------
-H, W = 12, 24
-FONT = ImageFont.load_default()  # a real font shipped with Pillow
-
-
-def draw(text: str, rng: random.Random) -> torch.Tensor:
-    im = Image.new("L", (W, H), 0)
-    ImageDraw.Draw(im).text((rng.randint(0, 3), rng.randint(-1, 1)), text, fill=255, font=FONT)
-    return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(1, H, W).float() / 255
-
-
-class CRNN(nn.Module):
-    """conv/pool (time halved once) -> (2,1) pool -> BiLSTM -> Linear: (N, T, 11) log-probs, blank 0."""
-
-    def __init__(self, classes=11):
-        super().__init__()
-        self.cnn = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d((2, 2)),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d((2, 1)),
-        )
-        self.rnn = nn.LSTM(32 * (H // 4), 32, bidirectional=True, batch_first=True)
-        self.fc = nn.Linear(64, classes)
-
-    def forward(self, x):
-        f = self.cnn(x).flatten(1, 2).transpose(1, 2)  # (N, T, C*H')
-        return F.log_softmax(self.fc(self.rnn(f)[0]), -1)
-
-
-def encode(s):
-    return [int(c) + 1 for c in s]
-
-
-def decode(ids):
-    return "".join(str(i - 1) for i in ids)
-
-
-@functools.lru_cache(maxsize=1)
-def train_tiny_crnn() -> nn.Module:
-    """A CRNN trained with CTC until it reads 95% of random 1-3 digit strings (about 400 steps)."""
-    rng = random.Random(0)
-    torch.manual_seed(0)
-    model = CRNN()
-    opt = torch.optim.Adam(model.parameters(), 5e-3)
-
-    def batch(n):
-        texts = ["".join(rng.choice("0123456789") for _ in range(rng.randint(1, 3))) for _ in range(n)]
-        return torch.stack([draw(s, rng) for s in texts]), texts
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
-    try:
-        acc = 0.0
-        for step in range(1500):
-            x, texts = batch(32)
-            out = model(x)
-            loss = F.ctc_loss(
-                out.transpose(0, 1),
-                torch.tensor([i for s in texts for i in encode(s)]),
-                torch.full((32,), out.shape[1]),
-                torch.tensor([len(s) for s in texts]),
-            )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % 50 == 49:
-                with torch.no_grad():
-                    x, texts = batch(100)
-                    out = model(x)
-                    read = [decode(r) for r in inv.ctc_greedy(out)]
-                acc = sum(a == b for a, b in zip(read, texts)) / len(texts)
-                if acc >= 0.95:
-                    break
-    finally:
-        torch.set_num_threads(n)
-    assert acc >= 0.95, f"the tiny CRNN did not learn to read ({acc:.0%}): the test setup is broken"
-    return model.eval()
-
-
+# -- a tiny trained recognizer (tests/diagnose/digit_reader.py) ---------------------------------------
 @pytest.fixture(scope="module")
 def trained_crnn():
     return train_tiny_crnn()

@@ -6,6 +6,7 @@ render and after an exception.
 
 import pytest
 import torch
+from nets import TinyConvNet
 from torch import nn
 
 from dawnet.diagnose import optvis
@@ -13,31 +14,14 @@ from dawnet.diagnose.optvis import objectives as O
 from dawnet.diagnose.optvis import param as P
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP contention on a shared machine (40x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def tiny_conv() -> nn.Module:
+    """Two conv layers and a linear classifier over 5 classes (on the global mean)."""
+    return TinyConvNet(in_channels=3, classes=5, width=8)
 
 
-class TinyConv(nn.Module):
-    """Two conv layers and a linear classifier over 5 classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, 5)
-
-    def forward(self, x):
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.fc(x.mean((2, 3)))
-
-
-class TinyCRNN(nn.Module):
-    """conv -> (2,1) pools -> BiLSTM (time-major, as nn.LSTM defaults) -> Linear: (N, T, C) log-probs."""
+class TimeMajorCRNN(nn.Module):
+    """conv -> (2,1) pools -> BiLSTM (time-major, as nn.LSTM defaults: what the TNC layout reads; nets.TinyCRNN
+    is batch-first) -> Linear: (N, T, C) log-probs."""
 
     def __init__(self, classes=6, height=8):
         super().__init__()
@@ -68,8 +52,8 @@ def _gain(model, objective, shape, steps=25, seed=0):
 
 
 torch.manual_seed(0)
-CONV = TinyConv()
-CRNN = TinyCRNN()
+CONV = tiny_conv()
+CRNN = TimeMajorCRNN()
 VEC8 = torch.randn(8)
 VEC16 = torch.randn(16)
 TARGET_ACTS = torch.rand(1, 8, 16, 16)
@@ -207,7 +191,7 @@ def test_only_needed_layers_hooked_and_hooks_removed():
 
 
 def test_hooks_and_model_state_restored_after_exception():
-    model = TinyConv().train()
+    model = tiny_conv().train()
     model.conv1.weight.requires_grad_(False)  # a user's frozen layer stays frozen, the rest trainable
     with pytest.raises(IndexError, match="channel 99"):
         optvis.render(model, O.channel("conv2", 99), size=16, steps=3, progress=False)

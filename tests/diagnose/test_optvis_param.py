@@ -8,15 +8,6 @@ from PIL import Image
 from dawnet.diagnose.optvis import param as P
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP contention on a shared machine (40x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("h,w", [(32, 32), (33, 47), (16, 101), (1, 7)])
 @pytest.mark.parametrize("channels", [1, 3, 5])
 @pytest.mark.parametrize("fft", [True, False])

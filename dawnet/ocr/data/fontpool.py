@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from dawnet.atomic import atomic_write_bytes, atomic_write_text
+
 __all__ = ["LOCK_PATH", "FETCH_COMMAND", "FontPoolError", "cache_dir", "load_lock", "fetch", "verify_cache",
            "pool_fonts", "pool_families", "update_lock", "npm_registry", "HAND_CLASSES", "hand_class",
            "split_of", "SPLIT_SALT", "SPLIT_FRACTIONS", "CJK_SUBSETS", "is_pool_cache", "pool_record"]
@@ -51,8 +53,9 @@ _METADATA_PACKAGE = "google-font-metadata"
 _UA = {"User-Agent": "dawnet-fonts (+set-up)"}
 
 
-class FontPoolError(RuntimeError):
-    """A pinned font is missing from the cache or differs from the lock (the message says how to fix it)."""
+class FontPoolError(FileNotFoundError):
+    """A pinned font is missing from the cache or differs from the lock (the message says how to fix it).
+    A FileNotFoundError, so callers that report missing assets report this one too."""
 
 
 def cache_dir(fonts_dir: str | os.PathLike | None = None) -> Path:
@@ -229,11 +232,7 @@ def fetch(fonts_dir: str | os.PathLike | None = None, lock: dict | None = None, 
             if blob is None or hashlib.sha256(blob).hexdigest() != f["sha256"]:
                 raise FontPoolError(f"{fam['package']}@{fam['version']}: files/{f['name']} is missing or differs "
                                     "from the lock. Fix: restore fonts-lock.json from git")
-            dest = root / _rel(fam, f["name"])
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(dest.suffix + ".tmp")
-            tmp.write_bytes(blob)
-            os.replace(tmp, dest)
+            atomic_write_bytes(root / _rel(fam, f["name"]), blob)
 
     if todo:
         if progress:
@@ -242,7 +241,7 @@ def fetch(fonts_dir: str | os.PathLike | None = None, lock: dict | None = None, 
             list(ex.map(one, todo))
     marker = {"format": "dawnet.fonts-cache", "lock_sha256": hashlib.sha256(
         json.dumps(lock, sort_keys=True).encode()).hexdigest()}
-    (root / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(root / MARKER, json.dumps(marker, indent=1) + "\n")
     files = sum(len(f["files"]) for f in _wanted(lock))
     return {"cache": str(root), "packages": len(_wanted(lock)), "fetched": len(todo), "files": files,
             "downloaded_bytes": nbytes[0], "seconds": round(time.perf_counter() - t0, 2)}
@@ -430,9 +429,7 @@ def update_lock(out: str | os.PathLike | None = None, fonts_dir: str | os.PathLi
             b = got.get(f"files/{n}")
             if b is None:
                 continue
-            dest = root / f"fontsource/{m['id']}/{ver}/{n}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(b)
+            atomic_write_bytes(root / f"fontsource/{m['id']}/{ver}/{n}", b)
             w, s = n[:-5].rsplit("-", 2)[1:]
             files.append({"name": n, "weight": int(w), "style": s, "sha256": hashlib.sha256(b).hexdigest()})
         fam["files"] = files
@@ -501,7 +498,5 @@ def update_lock(out: str | os.PathLike | None = None, fonts_dir: str | os.PathLi
                                    "else train; the same thresholds in every hand class"},
             "families": families}
     dest = Path(out) if out is not None else LOCK_PATH
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(lock, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, dest)
+    atomic_write_text(dest, json.dumps(lock, indent=1, ensure_ascii=False) + "\n")
     return lock

@@ -10,6 +10,7 @@ option, except a longer ``--steps``/``--epochs`` total, which adds a new one-cyc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -219,6 +220,7 @@ def train_recognizer(args) -> int:
     from dawnet.registry import create_model, is_model
     from dawnet.training.callbacks import Checkpoint
 
+    note = _notes(args.json)
     if not is_model(args.model) or (args.model not in model_cfgs and args.model != "recognizer"):
         raise CommandError(f"unknown recognizer {args.model!r}; choose one of {', '.join(sorted(model_cfgs))}, "
                            f"'recognizer' or '{LM_MODEL}'")
@@ -267,13 +269,13 @@ def train_recognizer(args) -> int:
         if total > end:  # past the schedule: a new one-cycle phase for the extra steps
             lr = args.lr or lr_now
             phases.append({"from_step": end, "steps": total - end, "lr": lr})
-            print(f"{total} steps asked for, past this run's schedule, which ends at step {end}: adding a new "
+            note(f"{total} steps asked for, past this run's schedule, which ends at step {end}: adding a new "
                   f"one-cycle phase of {total - end} steps after it (lr {lr / 10:g} -> {lr:g} -> {lr / 1000:g})")
         elif args.lr is not None and args.lr != lr_now:
             raise CommandError(f"--lr {args.lr:g} differs from this run's {lr_now:g}: a resumed run keeps its "
                                f"schedule; omit --lr to resume, or give a total past step {end} (--steps or "
                                "--epochs) to add a new phase that peaks at --lr")
-        print(f"resuming {last} at epoch {agent.epoch}, step {agent.step}")
+        note(f"resuming {last} at epoch {agent.epoch}, step {agent.step}")
     else:
         ctc = model_cfgs.get(args.model, {}).get("head", "ctc") == "ctc"
         model = create_model(args.model, num_classes=cs.num_ctc_classes if ctc else cs.num_attn_classes,
@@ -289,12 +291,12 @@ def train_recognizer(args) -> int:
               "phases": phases}
     _write_json(out / RUN_FILE, record)
     params = sum(p.numel() for p in agent.model.parameters())
-    print(f"training {args.model} ({params / 1e6:.2f} M params, {len(cs)} characters) on {data.name}: "
+    note(f"training {args.model} ({params / 1e6:.2f} M params, {len(cs)} characters) on {data.name}: "
           f"{len(data.train)} lines/epoch, {total} steps -> {out}")
     start = time.perf_counter()
     try:
         if agent.step >= total:
-            print(f"{last} is already at step {agent.step}, which reaches the total of {total} steps: nothing to "
+            note(f"{last} is already at step {agent.step}, which reaches the total of {total} steps: nothing to "
                   "train (pass a larger --steps or --epochs to continue)")
         elif phases:
             _fit_phases(agent, train_loader, val_loader, record, total, RECOGNIZER)
@@ -316,6 +318,11 @@ def train_recognizer(args) -> int:
     else:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     return 0
+
+
+def _notes(as_json: bool):
+    """``print`` for progress notes: on stderr with ``--json``, so standard output is exactly one JSON document."""
+    return functools.partial(print, file=sys.stderr if as_json else sys.stdout)
 
 
 def _fit_phases(agent, train_loader, val_loader, record: dict, total: int, recipe) -> None:

@@ -33,7 +33,7 @@ def _train(data, out, *extra, model="crnn_small", source=None):
 
 
 def _summary(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return json.loads(capsys.readouterr().out)  # with --json, standard output is exactly one JSON document
 
 
 def _error(capsys) -> str:
@@ -86,10 +86,10 @@ def test_more_steps_than_the_finished_schedule_add_a_new_one_cycle_phase(data, t
     assert _train(data, out, "--steps", "4") == 0
     capsys.readouterr()
     assert _train(data, out, "--steps", "8", "--lr", "0.002") == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr()
     assert ("8 steps asked for, past this run's schedule, which ends at step 4: adding a new one-cycle phase of 4 "
-            "steps after it (lr 0.0002 -> 0.002 -> 2e-06)") in printed
-    assert json.loads(printed.strip().splitlines()[-1])["steps"] == 8
+            "steps after it (lr 0.0002 -> 0.002 -> 2e-06)\n") in printed.err  # notes go to stderr with --json
+    assert json.loads(printed.out)["steps"] == 8
     record = json.loads((out / "run.json").read_text())
     assert record["schedule_steps"] == 4 and record["phases"] == [{"from_step": 4, "steps": 4, "lr": 0.002}]
     lrs = [s["lr"] for s in Agent.load(out / "last.pt").history.steps]
@@ -99,7 +99,7 @@ def test_more_steps_than_the_finished_schedule_add_a_new_one_cycle_phase(data, t
     assert lrs[4:] == pytest.approx([2e-4, 2e-3, 1.01e-4, 2e-6])
     # the extended run resumes with its own phases: a run that is done says so and trains nothing
     assert _train(data, out, "--steps", "8") == 0
-    assert "is already at step 8, which reaches the total of 8 steps: nothing to train" in capsys.readouterr().out
+    assert "is already at step 8, which reaches the total of 8 steps: nothing to train" in capsys.readouterr().err
 
 
 def test_validation_characters_outside_the_charset_fail_before_the_first_step(data, tmp_path, capsys):
@@ -153,4 +153,4 @@ def test_a_run_from_before_run_json_is_checked_from_its_checkpoint(data, tmp_pat
     assert _train(data, out, "--steps", "2", "--lr", "0.01") == 2
     assert _error(capsys).startswith("dawnet: error: --lr 0.01 differs from this run's 0.002: ")
     assert _train(data, out, "--steps", "2", "--lr", "0.002") == 0  # its own lr, read from the schedule
-    assert "nothing to train" in capsys.readouterr().out
+    assert "nothing to train" in capsys.readouterr().err

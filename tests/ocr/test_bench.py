@@ -199,6 +199,20 @@ def test_figures_plot_cer_against_cost_for_the_test_set(full_results, tmp_path):
     assert sorted(q.name for q in (tmp_path / "figures").iterdir()) == ["pareto-gflops.png", "pareto-latency.png"]
 
 
+def test_compare_of_two_full_runs_lists_every_metric_and_what_differs(full_results):
+    import copy
+
+    other = copy.deepcopy(full_results)
+    other["recognition"][1]["cer"] = 0.20  # crnn greedy on the unseen-font test lines: 25% -> 20%
+    other["seed"], other["machine"]["torch_threads"] = 1, 1
+    lines = compare(full_results, other).splitlines()
+    assert lines[0] == "| model           | metric                   | A       | B       | B - A  |"
+    assert "| crnn (greedy)   | cer test (%)             | 25.00   | 20.00   | -5.00  |" in lines
+    assert "| crnn (greedy)   | cer seen (%)             | 10.00   | 10.00   | +0.00  |" in lines
+    assert lines[-3:] == ["Protocol differences:", "- seeds differ (0 vs 1)",
+                          "- machine torch_threads differs (2 vs 1): compare timings with care"]
+
+
 def test_results_schema_is_checked_with_one_line_errors(full_results):
     assert check_results(full_results) is full_results
     with pytest.raises(ValueError, match=r"^not a dawnet bench results.json \(no 'format': 'dawnet.bench'\)$"):

@@ -22,6 +22,7 @@ from dawnet.diagnose.probe import capture  # noqa: E402
 from dawnet.diagnose.trace import canonical, feature_layout, receptive_field  # noqa: E402
 from dawnet.inspector import open_session  # noqa: E402
 from dawnet.inspector.app import TOKEN_COOKIE, create_app  # noqa: E402
+from dawnet.inspector.images import as_raw  # noqa: E402
 from dawnet.inspector.session import Augment, Session  # noqa: E402
 from dawnet.inspector.view import default_layer  # noqa: E402
 from dawnet.registry import register_model  # noqa: E402
@@ -145,11 +146,14 @@ def test_state_maps_are_the_probed_activations(client, session):
     assert set(s["timing"]) == {"edit_ms", "forward_ms", "encode_ms", "total_ms"}
 
 
-def test_output_text_has_one_confidence_per_character(client):
+def test_output_text_has_one_confidence_per_character(client, session):
     out = client.get("/api/state").json()["output"]
     assert out["kind"] == "text"
     assert "".join(c["c"] for c in out["chars"]) == out["greedy"] == out["text"]
-    assert all(0.0 < c["p"] <= 1.0 for c in out["chars"])
+    # the agent's own reading of the image the page shows: its text and the model's probability per character
+    (want,) = session.agent.read([as_raw(session.current_image())])
+    assert out["text"] == want.text
+    assert [c["p"] for c in out["chars"]] == [round(p, 4) for p in want.confidences]
     assert out["original"]["text"] == out["text"]
 
 
@@ -302,7 +306,8 @@ def test_an_attention_recognizer_shows_text_with_confidences(tmp_path, charset, 
         assert c.get("/api/info").json()["kind"] == "attn"
         assert out["kind"] == "text" and out["text"] == out["greedy"]
         assert "".join(ch["c"] for ch in out["chars"]) == out["text"]
-        assert all(0 < ch["p"] <= 1 for ch in out["chars"])
+        (want,) = s.agent.read([as_raw(s.current_image())])
+        assert out["text"] == want.text and [ch["p"] for ch in out["chars"]] == [round(p, 4) for p in want.confidences]
         r = post(c, "/api/edit", {"op": "stroke", "points": [[16, 0], [16, 60]], "width": 5})
         assert r.status_code == 200 and max(r.json()["delta"]["mean_abs_change"]) > 0
 

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from dawnet.atomic import atomic_write_bytes, atomic_write_text
+from dawnet.atomic import atomic_write_bytes
 from dawnet.images import ImageError, image_size, load_image
 
-__all__ = ["FormatError", "LineRecord", "LineSet", "PageRecord", "Problems", "save_image", "check_on_error",
-           "atomic_write_bytes", "atomic_write_text"]  # the last two are dawnet.atomic's, kept for old imports
+__all__ = ["FormatError", "LineRecord", "LineSet", "PageRecord", "Problems", "save_image", "check_on_error"]
 
 
 class FormatError(ValueError):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dawnet.commands import CommandError
+from dawnet.commands._types import nonnegative_int, positive_int
 
 MODES = ("rf", "layers")
 
@@ -42,10 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--channels", type=int, nargs="+", metavar="C",
                    help="Channels (units, for recurrent layers; classes, for `output`) to draw "
                         "(default: the --top most active ones).")
-    p.add_argument("--top", type=int, default=16,
+    p.add_argument("--top", type=positive_int, default=16,
                    help="Without --channels, draw the channels with the largest mean activation "
                         "(default: 16).")
-    p.add_argument("--sensitivity", type=int, default=3,
+    p.add_argument("--sensitivity", type=nonnegative_int, default=3,
                    help="Sensitivity maps for this many of the drawn channels (default: 3; 0 skips them).")
     p.add_argument("--out", default="diagnose", help="Folder for the figures and report.json (default: ./diagnose).")
     p.add_argument("--input-shape", metavar="C,H,W",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dawnet.commands import CommandError
+from dawnet.commands._types import int_range
 
 
 def register(subparsers) -> None:
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--train", action="store_true",
                    help="Count the model in training mode (default: eval mode under no_grad, which takes "
                         "PyTorch's inference fast paths; --backward implies training-style autograd).")
-    p.add_argument("--depth", type=int, default=2,
+    p.add_argument("--depth", type=int_range(-1), default=2,
                    help="Deepest module level shown in the table (default: 2; -1 shows every module).")
     p.add_argument("--meta", action="store_true",
                    help="Count on the meta device: no real compute or memory (default: count on CPU).")

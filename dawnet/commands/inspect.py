@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from dawnet.commands import CommandError
+from dawnet.commands import CommandError, set_threads
+from dawnet.commands._types import int_range, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -59,7 +60,9 @@ def register(subparsers) -> None:
         help="The address to listen on (default: 127.0.0.1, this machine only). Any other address "
         "requires a token on every request.",
     )
-    p.add_argument("--port", type=int, default=0, help="The port to listen on (default: 0, any free port).")
+    p.add_argument(
+        "--port", type=int_range(0, 65535), default=0, help="The port to listen on (default: 0, any free port)."
+    )
     p.add_argument(
         "--token",
         default=None,
@@ -68,23 +71,23 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=positive_int,
         default=None,
         help="The largest image (width x height) decoded from uploads and data (default: 16,000,000).",
     )
     p.add_argument(
-        "--max-upload-mb", type=float, default=16.0, help="The largest request body in MiB (default: 16)."
+        "--max-upload-mb", type=positive_float, default=16.0, help="The largest request body in MiB (default: 16)."
     )
     p.add_argument(
         "--top-images",
-        type=int,
+        type=positive_int,
         default=256,
         help="How many data set images top-k patches are ranked over (default: 256).",
     )
     p.add_argument("--device", default="cpu", help="Device to run the model on (default: cpu).")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="PyTorch CPU threads (default: 1: one image at a time is fastest on one thread, above all "
         "on a busy machine).",
@@ -113,17 +116,11 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"the inspector needs the `inspect` extra ({e.name} is missing): pip install 'dawnet[inspect]'"
         ) from None
-    from dawnet.commands.train import set_threads
-
     set_threads(args.threads)
     try:
         check_token(args.token)
     except ValueError as e:
         raise CommandError(f"--token: {e}") from None
-    if args.port < 0 or args.port > 65535:
-        raise CommandError(f"--port must be in 0..65535, got {args.port}")
-    if args.max_upload_mb <= 0:
-        raise CommandError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if args.image and not Path(args.image).is_file():
         raise CommandError(f"image {args.image} does not exist")
     try:

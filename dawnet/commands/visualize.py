@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 
-from dawnet.commands import CommandError
+from dawnet.commands import CommandError, set_threads
+from dawnet.commands._types import finite_float, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -54,25 +55,25 @@ def register(subparsers) -> None:
     how = p.add_argument_group("How")
     how.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="Optimization steps (default: 512; with --read at most 1000, stopping once read).",
     )
     how.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         nargs="+",
         default=None,
         metavar="PX",
         help="Image size: H or H W (default: the agent's input size; recognizers: their line height and "
         "4 times that width (128 for 32 px lines); with --read a width for the text's length; else 128).",
     )
-    how.add_argument("--batch", type=int, default=1, help="Images optimized together (default: 1).")
-    how.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05).")
+    how.add_argument("--batch", type=positive_int, default=1, help="Images optimized together (default: 1).")
+    how.add_argument("--lr", type=positive_float, default=0.05, help="Adam learning rate (default: 0.05).")
     how.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
     how.add_argument(
         "--tv",
-        type=float,
+        type=finite_float,
         default=None,
         help="Weight of the total-variation penalty (default: 0, or 0.05 with --read).",
     )
@@ -96,7 +97,7 @@ def register(subparsers) -> None:
         "--device", default=None, help="Device to run on (default: cuda if available, else cpu)."
     )
     how.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)."
+        "--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)."
     )
     out = p.add_argument_group("Output")
     out.add_argument(
@@ -135,8 +136,6 @@ def _save_figure(fig, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dawnet.commands.train import set_threads
-
     set_threads(args.threads)
     agent = _load(args.checkpoint, args.device)
     model = agent.model
@@ -160,11 +159,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--channel and --neuron need --layer")
     if args.neuron is not None and args.channel is None:
         raise CommandError("--neuron Y X needs --channel C")
-    if args.steps is not None and args.steps < 1:
-        raise CommandError(f"--steps must be >= 1, got {args.steps}")
-    if args.batch < 1:
-        raise CommandError(f"--batch must be >= 1, got {args.batch}")
-    if args.size is not None and (len(args.size) > 2 or min(args.size) < 1):
+    if args.size is not None and len(args.size) > 2:
         raise CommandError(f"--size takes H or H W (positive pixels), got {args.size}")
     if args.read is not None:
         result = _read(agent, args)

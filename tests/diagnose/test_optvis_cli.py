@@ -210,6 +210,23 @@ def test_errors_are_clear(toy_checkpoint, tmp_path, capsys, argv, message, monke
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+        (["--batch", "-1"], "argument --batch: must be an integer >= 1, got -1"),
+        (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+        (["--size", "0"], "argument --size: must be an integer >= 1, got 0"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
+    ],
+)
+def test_option_ranges_are_checked_before_loading(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["visualize", str(tmp_path / "never-read.pt"), "--layer", "a", "--out", "x.png", *argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"dawnet visualize: error: {message}"
+
+
 @pytest.mark.slow
 def test_read_rejects_unknown_characters(recognizer_checkpoint, tmp_path, capsys):
     assert (

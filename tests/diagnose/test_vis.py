@@ -191,6 +191,22 @@ def test_cli_figures_rf_and_layers(recognizer_checkpoint, capsys):
     assert "seq.rnn" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--top", "0"], "argument --top: must be an integer >= 1, got 0"),
+        (["--sensitivity", "-1"], "argument --sensitivity: must be an integer >= 0, got -1"),
+    ],
+)
+def test_cli_checks_option_ranges_first(tmp_path, capsys, argv, message):
+    from dawnet.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["diagnose", str(tmp_path / "never-read.pt"), "--layer", "seq", *argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"dawnet diagnose: error: {message}"
+
+
 def test_cli_errors_name_the_fix(recognizer_checkpoint, capsys):
     from dawnet.cli import main
 

@@ -103,6 +103,22 @@ def test_show_runs_in_the_background_and_embeds_the_page(crnn_checkpoint, data_d
         show(data_dir / "missing.pt")
 
 
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--port", "70000"], "argument --port: must be an integer >= 0 and <= 65535, got 70000"),
+        (["--max-upload-mb", "0"], "argument --max-upload-mb: must be a finite number > 0, got 0"),
+        (["--max-pixels", "-5"], "argument --max-pixels: must be an integer >= 1, got -5"),
+        (["--top-images", "0"], "argument --top-images: must be an integer >= 1, got 0"),
+    ],
+)
+def test_cli_checks_option_ranges_first(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["inspect", str(tmp_path / "never-read.pt"), *argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"dawnet inspect: error: {message}"
+
+
 def test_cli_refuses_bad_input_with_a_message(tmp_path, crnn_checkpoint, capsys, bomb_png):
     assert cli.main(["inspect", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -72,3 +72,21 @@ def test_bad_text_is_refused(synth):
         synth.render("   ", seed=0)
     with pytest.raises(ValueError, match="no font draws"):
         synth.render("caf\u00e9 \u4e2d", seed=0)
+
+
+def test_glyph_x_height_rasterizes_every_font_at_one_x_height():
+    """v2 draws each font at the size that gives its 'x' a common height; the default (v1) keeps a 28 px em."""
+    from dawnet.ocr.data.fontpool import pool_fonts
+    from dawnet.ocr.data.synth import _EM, _Glyphs
+    from dawnet.ocr.data.text import TEXT_ALPHABET
+
+    small = pool_fonts(["Mrs Saint Delafield"], probe=TEXT_ALPHABET)[0]
+    big = pool_fonts(["Calligraffitti"], probe=TEXT_ALPHABET)[0]
+    v1 = {f.family: _Glyphs(f, SynthConfig(), 1) for f in (small, big)}
+    v2 = {f.family: _Glyphs(f, SynthConfig(glyph_x_height=14.0), 1) for f in (small, big)}
+    assert {g.em for g in v1.values()} == {_EM}
+    assert v1["Mrs Saint Delafield"].x_height <= 7 and v1["Calligraffitti"].x_height >= 24  # 4x apart at one em
+    for g in v2.values():
+        assert abs(g.x_height - 14) <= 1.5, (g.info.family, g.x_height, g.em)
+    line = LineSynthesizer([small], SynthConfig(glyph_x_height=14.0)).render("minimum", seed=0)
+    assert line.image.height >= 20 and np.asarray(line.image).min() < 120

@@ -71,9 +71,10 @@ class _Glyphs:
         self.info = font
         self.font = ImageFont.truetype(font.path, _EM)
         self.em = _EM
-        if config.glyph_x_height > 0 and "x" in font.chars:
-            l, t, r, b = self.font.getbbox("x", anchor="ls")
-            self.em = int(np.clip(round(_EM * config.glyph_x_height / max(4, b - t)), _EM * 3 // 4, _EM * 5 // 2))
+        if config.glyph_x_height > 0 and "x" in font.chars:  # the 'x' measured at 4x the em, for precision
+            l, t, r, b = ImageFont.truetype(font.path, 4 * _EM).getbbox("x", anchor="ls")
+            em = 4 * _EM * config.glyph_x_height / max(16, b - t)
+            self.em = int(np.clip(round(em), _EM // 2, _EM * 5 // 2))
             self.font = ImageFont.truetype(font.path, self.em)
         self.config = config
         self.variants = variants

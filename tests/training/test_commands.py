@@ -59,14 +59,27 @@ def test_history_plot_and_exports(tmp_path, capsys):
 
 
 def test_history_errors(tmp_path, capsys):
-    assert main(["history", str(tmp_path / "missing.pt")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    missing = tmp_path / "missing.pt"
+    assert main(["history", str(missing)]) == 2
+    assert capsys.readouterr().err == (f"dawnet: error: {missing} does not exist: give the path of a checkpoint "
+                                       "written by Agent.save\n")
     agent = _agent()
     agent.fit(_batches(), steps=3, progress=False)
     path = agent.save(tmp_path / "run.pt")
     assert main(["history", str(path), "--out", str(tmp_path / "x.gif")]) == 2
+    assert capsys.readouterr().err == (f"dawnet: error: --out {tmp_path / 'x.gif'}: give a file name ending in "
+                                       ".png, .pdf or .svg\n")
+    assert not (tmp_path / "x.gif").exists()
     assert main(["history", str(path), "--out", str(tmp_path / "x.png"), "--keys", "val_cer"]) == 2
-    assert "not in the history" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("dawnet: error: keys ['val_cer'] are not in the history; it has step keys ['step', ")
+    assert err.endswith(" and epoch keys []\n") and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["history", str(path), "--out", str(tmp_path / "x.png"), "--dpi", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("dawnet history: error: argument --dpi: must be an "
+                                                        "integer >= 1, got 0")
 
 
 @pytest.mark.slow  # imports scikit-learn, runs a 30-step sweep
@@ -87,8 +100,21 @@ def test_lr_find_command(tmp_path, capsys):
 def test_lr_find_command_errors(tmp_path, capsys):
     path = _agent().save(tmp_path / "init.pt")
     assert main(["lr-find", str(path), "--data", "imagenet"]) == 2
-    assert "digits" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("dawnet: error: --data 'imagenet': give one of digits, mnist5k or "
+                                       "package.module:function\n")
     assert main(["lr-find", str(path), "--data", "os:getcwd"]) == 2
-    assert "--trust-code" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("dawnet: error: --data os:getcwd runs code from 'os': add --trust-code if "
+                                       "you trust it\n")
     assert main(["lr-find", str(path), "--data", "digits", "--min-lr", "1", "--max-lr", "0.1"]) == 2
-    assert "min_lr < max_lr" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("dawnet: error: need 0 < min_lr < max_lr (finite), got min_lr=1.0, "
+                                       "max_lr=0.1\n")
+    for option, value, message in [("--num-iter", "0", "must be an integer >= 1, got 0"),
+                                   ("--min-lr", "-1e-3", "must be a finite number > 0, got -1e-3"),
+                                   ("--max-lr", "inf", "must be a finite number > 0, got inf"),
+                                   ("--smooth", "1", "must be a finite number >= 0 and < 1, got 1"),
+                                   ("--diverge", "1", "must be a finite number > 1, got 1"),
+                                   ("--batch-size", "-4", "must be an integer >= 1, got -4")]:
+        with pytest.raises(SystemExit) as e:
+            main(["lr-find", str(path), "--data", "digits", f"{option}={value}"])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"dawnet lr-find: error: argument {option}: {message}"

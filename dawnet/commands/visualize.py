@@ -129,10 +129,9 @@ def _layer_table(model) -> list[dict]:
 
 
 def _save_figure(fig, path: str) -> None:
-    from dawnet.atomic import atomic_path
+    from dawnet.diagnose.vis import save_figure
 
-    with atomic_path(path) as tmp:  # the temporary keeps the suffix: matplotlib picks the format from it
-        fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def run(args: argparse.Namespace) -> int:

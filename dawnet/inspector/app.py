@@ -44,7 +44,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dawnet.inspector.errors import InspectorError
-from dawnet.inspector.images import decode_image
+from dawnet.inspector.images import decode_image, png_bytes
 from dawnet.inspector.session import Session
 
 __all__ = ["create_app", "check_token", "MAX_BODY", "TOKEN_HEADER", "TOKEN_COOKIE"]
@@ -348,18 +348,7 @@ def create_app(
         )
 
     async def image_png(request: Request) -> Response:
-        import io
-
-        from PIL import Image
-
-        def work():
-            x = session.current_image().clamp(0, 1)
-            a = x.mul(255).round().byte().permute(1, 2, 0).numpy()
-            buf = io.BytesIO()
-            Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, format="PNG")
-            return buf.getvalue()
-
-        return Response(await run_in_threadpool(work), media_type="image/png")
+        return Response(await run_in_threadpool(lambda: png_bytes(session.current_image())), media_type="image/png")
 
     async def inspector_error(request: Request, exc: InspectorError) -> Response:
         return _json_error(exc.status, str(exc))

@@ -18,7 +18,7 @@ from dawnet.diagnose import edit
 from dawnet.images import ImageError, image_size, load_image, to_gray, to_rgb
 from dawnet.inspector.errors import InspectorError
 
-__all__ = ["MAX_PIXELS", "PAPER", "INK", "decode_image", "open_image", "checked_pixels", "png_data_url",
+__all__ = ["MAX_PIXELS", "PAPER", "INK", "decode_image", "open_image", "checked_pixels", "png_bytes", "png_data_url",
            "to_float", "as_raw"]
 
 MAX_PIXELS = 16_000_000  # largest upload or data image decoded (16 MP: a 300 dpi A4 scan is ~8.7 MP)
@@ -63,8 +63,9 @@ def checked_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
         )
 
 
-def png_data_url(img: torch.Tensor | np.ndarray) -> str:
-    """A ``data:image/png`` URL of a ``(C, H, W)`` float image in [0, 1] (or an ``(H, W)`` array)."""
+def png_bytes(img: torch.Tensor | np.ndarray) -> bytes:
+    """PNG bytes of a ``(C, H, W)`` float image in [0, 1] (or an ``(H, W)`` array): grey for one channel, RGB
+    for three; values outside [0, 1] are clipped."""
     a = (
         img.detach().float().cpu().numpy()
         if isinstance(img, torch.Tensor)
@@ -74,8 +75,13 @@ def png_data_url(img: torch.Tensor | np.ndarray) -> str:
         a = a[0] if a.shape[0] == 1 else np.transpose(a[:3], (1, 2, 0))
     a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    Image.fromarray(a).save(buf, format="PNG", compress_level=1)  # fast: the page asks for one per update
+    return buf.getvalue()
+
+
+def png_data_url(img: torch.Tensor | np.ndarray) -> str:
+    """A ``data:image/png`` URL of a ``(C, H, W)`` float image in [0, 1] (or an ``(H, W)`` array)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
 
 
 def to_float(im: Image.Image, channels: int) -> torch.Tensor:

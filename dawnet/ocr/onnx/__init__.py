@@ -17,10 +17,10 @@ settings. An attention recognizer is two files: the encoder (``X.onnx``, with th
 
 from __future__ import annotations
 
-from dawnet.ocr.onnx.meta import FORMAT, VERSION, OnnxFileError, read_metadata, require
+from dawnet.ocr.onnx.meta import FORMAT, VERSION, MissingDependencyError, OnnxFileError, read_metadata, require
 
-__all__ = ["FORMAT", "VERSION", "OnnxFileError", "read_metadata", "require", "export_onnx", "ExportResult",
-           "OnnxRecognizer", "OnnxDetector", "load", "load_recognizer", "load_detector"]
+__all__ = ["FORMAT", "VERSION", "OnnxFileError", "MissingDependencyError", "read_metadata", "require", "export_onnx",
+           "ExportResult", "OnnxRecognizer", "OnnxDetector", "load", "load_recognizer", "load_detector"]
 
 _LAZY = {"export_onnx": "export", "ExportResult": "export", "OnnxRecognizer": "runtime", "OnnxDetector": "runtime",
          "load": "runtime", "load_recognizer": "runtime", "load_detector": "runtime"}

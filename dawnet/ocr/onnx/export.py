@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import dawnet
-from dawnet.ocr.onnx.meta import FORMAT, META_KEY, VERSION, OnnxFileError, require
+from dawnet.ocr.onnx.meta import FORMAT, META_KEY, VERSION, MissingDependencyError, OnnxFileError, require
 
 __all__ = ["export_onnx", "ExportResult", "decoder_path", "FP32_TOLERANCE", "FP16_TOLERANCE", "DEFAULT_OPSET"]
 
@@ -119,6 +119,9 @@ def _kind(agent) -> str:
     from dawnet.ocr.agents import AttentionAgent, CTCAgent
     from dawnet.ocr.detection import DetectionAgent
 
+    if not isinstance(getattr(agent, "model", None), nn.Module):
+        raise ValueError(f"cannot export a {type(agent).__name__}: its model is not a PyTorch module (an ONNX file "
+                         "is exported already); export the checkpoint it came from")
     if isinstance(agent, CTCAgent):
         return "ctc"
     if isinstance(agent, AttentionAgent):
@@ -256,11 +259,13 @@ def _convert(path: Path, meta: dict, dtype: str) -> None:
             try:
                 from onnxconverter_common import float16
             except ImportError:
-                raise ImportError("--fp16 needs the 'onnxconverter-common' package: pip install "
-                                  "'dawnet[onnx]'") from None
+                raise MissingDependencyError("--fp16 needs the 'onnxconverter-common' package: pip install "
+                                             "'dawnet[onnx]'") from None
             # LSTM cells stay float32: ONNX Runtime's CPU provider has no float16 LSTM kernel
-            half = float16.convert_float_to_float16(onnx.load(str(f)), keep_io_types=True,
-                                                    op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "LSTM"])
+            with warnings.catch_warnings():  # it warns for every weight below float16's smallest normal
+                warnings.simplefilter("ignore")
+                half = float16.convert_float_to_float16(onnx.load(str(f)), keep_io_types=True,
+                                                        op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "LSTM"])
             onnx.save(half, str(f))
         else:
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -321,7 +326,10 @@ def _check(agent, path: Path, meta: dict, tolerance: float | None, dtype: str) -
     else:
         parity = _check_lines(agent, rt)
     parity["dtype"] = dtype
-    if tolerance is not None and (parity["max_abs"] > tolerance or parity["greedy_equal"] < parity["lines"]):
+    # lines: greedy transcriptions must match; pages: the raw outputs decide (boxes after NMS of near-equal
+    # scores on a random probe page can legitimately swap, so they are reported, not required)
+    differs = parity["greedy_equal"] < parity["lines"] and meta["kind"] != "detector"
+    if tolerance is not None and (parity["max_abs"] > tolerance or differs):
         what = "the export" if dtype == "float32" else f"the {dtype} conversion"
         hint = ("" if dtype == "float32" else "; export without --fp16 (float32 holds parity)")
         raise ValueError(f"{what} does not hold parity with PyTorch: max abs difference {parity['max_abs']:.2e} "

@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["FORMAT", "VERSION", "META_KEY", "OnnxFileError", "require", "open_session", "read_metadata",
-           "foreign_message"]
+__all__ = ["FORMAT", "VERSION", "META_KEY", "OnnxFileError", "MissingDependencyError", "require", "open_session",
+           "read_metadata", "foreign_message"]
 
 FORMAT, VERSION = "dawnet.onnx", 1
 META_KEY = "dawnet"
@@ -23,12 +23,18 @@ class OnnxFileError(ValueError):
     """A file that is not a usable dawnet ONNX export (corrupt, foreign, newer, or the wrong kind)."""
 
 
+class MissingDependencyError(ImportError, ValueError):
+    """An optional ONNX package is not installed. An ImportError, and a ValueError so that the CLI reports it as
+    bad input (a one-line message naming the install), not as a crash."""
+
+
 def require(module: str):
     """Import an optional dependency (``onnx``, ``onnxruntime``, ...) or fail with the command that installs it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"ONNX support needs the '{module}' package, which is not installed: {_INSTALL}") from None
+        raise MissingDependencyError(f"ONNX support needs the '{module}' package, which is not installed: "
+                                     f"{_INSTALL}") from None
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None):

@@ -1,10 +1,11 @@
 """Run exported recognizers and detectors with ONNX Runtime, decoding with dawnet's own decoders.
 
 :class:`OnnxRecognizer` and :class:`OnnxDetector` show the surface of the PyTorch agents that inference code
-uses (``infer``, ``decode``, ``set_decoder``, ``charset``, ``height``, ``model(x, widths)``, ``detect``), so
-``dawnet.ocr.page.read_page``/``evaluate_pages`` and ``dawnet.commands.eval.evaluate_lines`` take them as they
-are. Decoding is literally the agents' (``CTCAgent.decode`` / ``AttentionAgent.decode`` run on these objects):
-greedy, CTC prefix beam + LM, attention beam + LM give what PyTorch gives for the same model outputs.
+uses (``infer``, ``read``, ``read_batch``, ``read_lines``, ``set_decoder``, ``model(x, widths)``, ``detect``), so
+``dawnet.ocr.page.read_page``/``evaluate_pages`` and ``dawnet.ocr.reading.evaluate_lines`` take them as they
+are. The recognizers are subclasses of the agents with the exported graph as their model, so decoding is
+literally the agents' (greedy, CTC prefix beam + LM, attention beam + LM, confidences): what PyTorch gives for
+the same model outputs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ class OnnxStepDecoder:
         logits, state = self.step_numpy(prev.numpy(), tuple(s.numpy() for s in state), memory.numpy(), keys.numpy(),
                                         mask.numpy())
         return torch.from_numpy(logits), tuple(torch.from_numpy(s) for s in state)
+
+    def __call__(self, memory: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: decoder inputs (N, S) ``[start, c1, ...]`` -> logits (N, S, C), as the PyTorch head."""
+        state, keys, mask = self.init_state(memory, lengths)
+        mem, keys, mask = memory.numpy(), keys.numpy(), mask.numpy()
+        state = tuple(s.numpy() for s in state)
+        steps = []
+        for i in range(targets.shape[1]):
+            logits, state = self.step_numpy(targets[:, i].numpy(), state, mem, keys, mask)
+            steps.append(logits)
+        return torch.from_numpy(np.stack(steps, 1))
 
     def mask_specials(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.clone()
@@ -162,19 +174,34 @@ def _session(path, threads, expect: tuple[str, ...]):
 
 
 class OnnxRecognizer:
-    """A line recognizer from a ``dawnet export`` file: ``infer(image) -> text``, decoders as the PyTorch agent's.
+    """A line recognizer from a ``dawnet export`` file, with the PyTorch agent's reading methods.
+
+    ``OnnxRecognizer(path)`` gives an instance of a subclass of :class:`~dawnet.ocr.agents.CTCAgent` or
+    :class:`~dawnet.ocr.agents.AttentionAgent` (chosen by the file's metadata) whose model is the exported
+    graph (:class:`OnnxLineModel`): ``infer``, ``read``, ``read_batch``, ``read_lines``, ``decode`` and
+    ``set_decoder`` are the agent's own, so decoding (greedy, CTC prefix beam + LM, attention beam + LM) and
+    confidences are computed exactly as for the checkpoint. Nothing about training is set up.
 
     Args:
         path: the exported ``.onnx`` file (for attention, ``X.decoder.onnx`` must sit beside it).
         threads: ONNX Runtime intra-op threads (None: its default).
     """
 
+    def __new__(cls, path: str | os.PathLike, threads: int | None = None):
+        if cls is OnnxRecognizer:
+            session, meta = _session(path, threads, ("ctc", "attention"))
+            cls = _OnnxCTC if meta["kind"] == "ctc" else _OnnxAttention
+            obj = object.__new__(cls)
+            obj._opened = (session, meta)
+            return obj
+        return object.__new__(cls)
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         from dawnet.ocr.agents import DecoderConfig
         from dawnet.ocr.charset import Charset
 
         self.path = Path(path)
-        session, meta = _session(path, threads, ("ctc", "attention"))
+        session, meta = self.__dict__.pop("_opened", None) or _session(path, threads, ("ctc", "attention"))
         step = None
         if meta["kind"] == "attention":
             dec = self.path.with_name(meta["decoder_file"])
@@ -193,40 +220,29 @@ class OnnxRecognizer:
         self.model = OnnxLineModel(session, meta, step)
         self.device = torch.device("cpu")
 
-    @property
-    def height(self) -> int:
-        return self.model.height
-
-    def set_decoder(self, beam: int | None = None, lm=None, lm_weight: float | None = None, bonus: float | None = None,
-                    prune: float | None = None) -> None:
-        """As :meth:`dawnet.ocr.agents.CTCAgent.set_decoder` (None leaves a setting as it is)."""
-        from dawnet.ocr.agents import CTCAgent
-
-        CTCAgent.set_decoder(self, beam, lm, lm_weight, bonus, prune)
-
-    def decode(self, outputs, inputs=None) -> list[str]:
-        """Texts of model outputs, by the PyTorch agent's own ``decode`` (greedy / beam / LM as configured)."""
-        from dawnet.ocr.agents import AttentionAgent, CTCAgent
-
-        return (CTCAgent if self.kind == "ctc" else AttentionAgent).decode(self, outputs, inputs)
-
-    def prepare(self, raw) -> tuple[torch.Tensor, torch.Tensor]:
-        from dawnet.ocr.agents import prepare_line
-
-        x, self.notes = prepare_line(raw, self.height, self.model.min_width)
-        return x, torch.tensor([x.shape[-1]])
-
+    @torch.no_grad()
     def infer(self, raw) -> str:
         """The text of one raw line image (path, PIL, numpy, tensor), prepared as the training data was."""
         x, widths = self.prepare(raw)
-        return self.decode(self.model(x, widths), (x, widths, True))[0]
-
-    def read(self, images) -> list[str]:
-        """Texts of several raw line images, one by one."""
-        return [self.infer(im) for im in images]
+        return self.postprocess(self.model(x, widths), (x, widths))
 
     def __repr__(self) -> str:
         return f"OnnxRecognizer({str(self.path)!r}, {self.metadata.get('model')}, {self.kind}, {self.dtype})"
+
+
+def _recognizer_classes():
+    from dawnet.ocr.agents import AttentionAgent, CTCAgent
+
+    class OnnxCTCRecognizer(OnnxRecognizer, CTCAgent):
+        """An exported CTC recognizer (see :class:`OnnxRecognizer`)."""
+
+    class OnnxAttentionRecognizer(OnnxRecognizer, AttentionAgent):
+        """An exported attention recognizer (see :class:`OnnxRecognizer`)."""
+
+    return OnnxCTCRecognizer, OnnxAttentionRecognizer
+
+
+_OnnxCTC, _OnnxAttention = _recognizer_classes()
 
 
 class OnnxDetector:
@@ -287,6 +303,7 @@ def load(path: str | os.PathLike, threads: int | None = None) -> OnnxRecognizer 
 def load_recognizer(path: str | os.PathLike, threads: int | None = None) -> OnnxRecognizer:
     """An :class:`OnnxRecognizer`; a clear error when the file holds a detector or is not dawnet's."""
     return OnnxRecognizer(path, threads)
+
 
 
 def load_detector(path: str | os.PathLike, threads: int | None = None) -> OnnxDetector:

@@ -3,7 +3,7 @@
 Issue 5 asks that synthetic lines come at least 5x faster than the CRNN trains on the same machine,
 so on-the-fly synthesis never starves training. This script measures, in one process and one run:
 
-1. synthesis: ``hw-lines-v1`` train lines rendered by ``SpecGenerator.item`` (PIL image out): first
+1. synthesis: ``hw-lines-v1`` (``--spec``) train lines rendered by ``SpecGenerator.item`` (PIL image out): first
    with cold glyph caches, then with the caches filled (``prefill``, the steady state of any long
    build or training run), in one process and with a pool of ``--workers`` processes;
 2. the dataset path: ``SyntheticLineDataset`` items (render + resize to 32 px + tensor);
@@ -121,10 +121,13 @@ def main() -> int:
                     help="processes for the parallel synthesis measurement (default: CPU count)")
     ap.add_argument("--model", default="auto", choices=["auto", "crnn", "inline"],
                     help="CRNN to time: the project's preset (auto falls back to inline) or the inline one")
+    ap.add_argument("--spec", default="hw-lines-v1",
+                    help="lines spec whose train lines are synthesized (default hw-lines-v1; hw-lines-v2: the "
+                         "248-family pinned pool, whose prefill fills 247 fonts' caches)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
 
-    gen = SpecGenerator(spec("hw-lines-v1"))
+    gen = SpecGenerator(spec(args.spec))
     n = args.lines
     t = time.perf_counter()
     cold = [gen.item("train", 10_000_000 + i).image.width for i in range(n // 2)]

@@ -599,6 +599,15 @@ class _BoxAgent(Agent):
         return {"boxes": boxes, "scores": obj[ys, xs]}
 
 
+def test_agent_kinds_are_what_the_page_shows():
+    from dawnet.inspector.outputs import agent_kind
+    from dawnet.ocr.agents import AttentionAgent, CTCAgent
+    from dawnet.ocr.detection import DetectionAgent
+
+    kinds = [agent_kind(cls) for cls in (CTCAgent, AttentionAgent, DetectionAgent, Agent, _BoxAgent)]
+    assert kinds == ["ctc", "attn", "detector", "generic", "generic"]
+
+
 def test_a_detector_shows_boxes(lines):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 1))

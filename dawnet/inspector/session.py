@@ -104,7 +104,11 @@ class Session:
             first, first_name = self._default_image(), "blank"
         self._channels = 1 if self.kind in RECOGNIZERS else self._model_channels(first)
         self.set_base(first, first_name)
-        self.layers = map_layers(self.model, self._prepare(self.edited))
+        try:
+            self.layers = map_layers(self.model, self._prepare(self.edited))
+        except _PrepareError as e:
+            raise InspectorError(f"the first image ({first_name}) cannot be read by the model: {e}; start from "
+                                 "another image") from None
         if not self.layers:
             raise InspectorError(f"{self.name} has no layer with a feature map or sequence output to show")
         names = [entry["name"] for entry in self.layers]

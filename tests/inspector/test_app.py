@@ -619,6 +619,13 @@ def test_a_detector_shows_boxes(lines):
     assert all(len(b["box"]) == 4 and b["score"] is not None for b in out["boxes"])
 
 
+def test_a_blank_first_image_is_refused_with_a_message(crnn_checkpoint):
+    from dawnet.inspector.errors import InspectorError
+
+    with pytest.raises(InspectorError, match=r"^the first image \(image\) cannot be read by the model: .*blank"):
+        open_session(crnn_checkpoint, image=Image.new("L", (200, 40), 255))
+
+
 def test_a_blank_line_is_shown_as_an_output_message_not_a_failure(session):
     with TestClient(create_app(session), base_url=BASE) as c:
         r = c.post(

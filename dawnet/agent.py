@@ -232,26 +232,17 @@ class Agent:
         # the last micro-batch of an epoch closes the accumulation window (and syncs gradients under DDP)
         final = self._micro + 1 >= self.accumulate or (
             self._epoch_len is not None and self.batch_in_epoch + 1 >= self._epoch_len)
-        sync = contextlib.nullcontext() if final or self._ddp is None else module.no_sync()
-        with sync:
-            with self._autocast():
-                outputs = _run_model(module, inputs)
-                loss = self._loss(outputs, targets)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                self.discard_window()
-                raise NonFiniteLossError(
-                    f"the loss is {value} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
-                    "training stopped and the weights were not updated. Lower the learning rate, clip gradients "
-                    "(grad_clip=1.0), or check the data for NaN/inf values"
-                )
-            scaled = loss / self.accumulate
-            (self._scaler.scale(scaled) if self._scaler else scaled).backward()
+        if self._ddp is not None and not final:
+            with module.no_sync():
+                outputs, value = self._forward_backward(module, inputs, targets)
+        else:  # the common case enters no context at all: at a millisecond a step, each one shows
+            outputs, value = self._forward_backward(module, inputs, targets)
         size = _batch_size(inputs)
         self._micro += 1
-        self._window[0] += value
-        self._window[1] += 1
-        self._window[2] += size
+        window = self._window
+        window[0] += value
+        window[1] += 1
+        window[2] += size
         self.samples += size
         _add(self._epoch_totals, "loss", value * size, size)
         if self.train_metrics and self.metrics:
@@ -261,6 +252,27 @@ class Agent:
         if final:
             stats.update(self._optimizer_step())
         return stats
+
+    def _forward_backward(self, module: nn.Module, inputs: tuple, targets) -> tuple[Any, float]:
+        if self.amp:
+            with self._autocast():
+                outputs = _run_model(module, inputs)
+                loss = self._loss(outputs, targets)
+        else:
+            outputs = _run_model(module, inputs)
+            loss = self._loss(outputs, targets)
+        value = loss.item()  # the one sync a step needs: the finite check and the history read it
+        if not math.isfinite(value):
+            self.discard_window()
+            raise NonFiniteLossError(
+                f"the loss is {value} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch}); "
+                "training stopped and the weights were not updated. Lower the learning rate, clip gradients "
+                "(grad_clip=1.0), or check the data for NaN/inf values"
+            )
+        if self.accumulate > 1:
+            loss = loss / self.accumulate
+        (self._scaler.scale(loss) if self._scaler else loss).backward()
+        return outputs, value
 
     def discard_window(self) -> None:
         """Drop the gradients and loss of an unfinished accumulation window (e.g. after an interrupted step)."""
@@ -501,16 +513,20 @@ class Agent:
     # -- internals --------------------------------------------------------------------------------
 
     _session_start: float | None = None
+    _single_process = False
 
     @property
     def _amp_arg(self):
         return self.amp or False
 
     def _train_module(self) -> nn.Module:
-        if self._ddp is None and parallel.init_distributed(self.device):
+        if self._ddp is None and not self._single_process and parallel.init_distributed(self.device):
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        return self._ddp if self._ddp is not None else self._forward_module
+        if self._ddp is None:
+            self._single_process = True  # WORLD_SIZE is fixed for the life of a process: ask once
+            return self._forward_module
+        return self._ddp
 
     def _autocast(self):
         if not self.amp:
@@ -532,7 +548,7 @@ class Agent:
             ) from e
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise LossError(f"the loss must be a scalar tensor, got {_describe(loss)}; reduce it (e.g. mean)")
-        return loss.reshape(())
+        return loss.reshape(()) if loss.dim() else loss
 
     def _update_metrics(self, predictions, targets, size: int, totals: dict) -> None:
         for name, metric in self.metrics.items():
@@ -626,6 +642,8 @@ def _run_model(module: nn.Module, inputs: tuple):
 
 
 def _batch_size(inputs) -> int:
+    if type(inputs) is tuple and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
+        return inputs[0].shape[0]  # the usual (x, ...) tuple, without the general walk below
     if isinstance(inputs, torch.Tensor):
         return int(inputs.shape[0]) if inputs.dim() else 1
     if isinstance(inputs, (list, tuple)):
@@ -651,9 +669,12 @@ def _describe(obj) -> str:
 
 
 def _add(totals: dict, name: str, total: float, count: float) -> None:
-    entry = totals.setdefault(name, [0.0, 0.0])
-    entry[0] += total
-    entry[1] += count
+    entry = totals.get(name)
+    if entry is None:
+        totals[name] = [float(total), float(count)]
+    else:
+        entry[0] += total
+        entry[1] += count
 
 
 def _progress(total: int | None, epoch: int, start: int, show: bool):

@@ -115,6 +115,9 @@ def _clean(values: dict) -> dict:
     for key, value in values.items():
         if value is None:
             continue
+        if type(value) is float or type(value) is int:  # the usual case, without the checks below
+            out[key] = value
+            continue
         if hasattr(value, "item"):  # 0-d tensors and numpy scalars
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -11,7 +11,6 @@ import importlib
 import inspect
 import io
 import os
-import pickle
 import pkgutil
 import sys
 import warnings
@@ -232,7 +231,7 @@ def test_pickled_code_in_torch_save_stays_refused(tmp_path, monkeypatch):
         "agent.pt": {"format": "dawnet.checkpoint", "agent": make_agent()},
     }
     for name, payload in attacks.items():
-        torch.save(payload, tmp_path / name, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+        torch.save(payload, tmp_path / name)
         with pytest.raises(CheckpointError, match="weights_only"):
             dawnet.Agent.load(tmp_path / name)
     assert not (tmp_path / "PWNED").exists()

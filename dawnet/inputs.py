@@ -11,12 +11,7 @@ from PIL import Image
 
 from dawnet import images
 
-__all__ = ["ImageInput", "load_image"]
-
-
-def load_image(source) -> Image.Image:
-    """``dawnet.images.load_image(source, mode="auto")``: 8-bit ``L`` for a grey image, ``RGB`` for colour."""
-    return images.load_image(source, mode="auto")
+__all__ = ["ImageInput"]
 
 
 @dataclass

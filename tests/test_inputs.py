@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dawnet.inputs import ImageInput, load_image
+from dawnet.inputs import ImageInput
 
 
 @pytest.fixture()
@@ -38,10 +38,3 @@ def test_rgba_arrays_are_composited_and_floats_are_taken_as_given(gray):
     assert torch.equal(ImageInput()(f), torch.from_numpy(f)[None, None])
     with pytest.raises(ValueError, match=r"got shape \(12, 20, 5\)"):
         ImageInput()(np.zeros((12, 20, 5), np.uint8))
-
-
-def test_load_image_kept_here_gives_gray_or_rgb(gray, tmp_path):
-    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "l16.png")
-    im = load_image(tmp_path / "l16.png")
-    assert im.mode == "L" and np.array_equal(np.asarray(im), gray)
-    assert load_image(Image.fromarray(gray).convert("RGB")).mode == "RGB"

@@ -80,7 +80,7 @@ class Recipe:
         return opt, self.schedule(opt, steps)
 
     def describe(self) -> str:
-        """One line for reports: ``AdamW with weight decay 0.0001, super-convergence one-cycle ..., gradient clip 5``."""
+        """One line for reports: ``AdamW with weight decay 0.0001, super-convergence one-cycle ..., clip 5``."""
         clip = f"gradient clip {self.grad_clip:g}" if self.grad_clip is not None else "no gradient clip"
         return (f"AdamW with weight decay {self.weight_decay:g}, super-convergence one-cycle "
                 f"{self.lr / self.start_div:g} -> {self.lr:g} over {2 * self.warmup:.0%} of the steps, then "

@@ -23,11 +23,13 @@ costs little more than a loop inside the graph would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -58,9 +60,11 @@ class ExportResult:
 
     def summary(self) -> str:
         p = self.parity
-        text = (f"max |onnx - torch| {p['max_abs']:.2e} ({p['compared']}); greedy outputs equal on "
-                f"{p['greedy_equal']}/{p['lines']} probe {'pages' if 'pages' in p['compared'] else 'lines'}")
-        return text + (f"; boxes within {p['box_max_px']:.3f} px" if "box_max_px" in p else "")
+        text = f"max |onnx - torch| {p['max_abs']:.2e} ({p['compared']})"
+        if "box_max_px" in p:
+            return text + (f"; same number of boxes after NMS on {p['greedy_equal']}/{p['lines']} pages, within "
+                           f"{p['box_max_px']:.3f} px")
+        return text + f"; greedy outputs equal on {p['greedy_equal']}/{p['lines']} probe lines"
 
 
 def decoder_path(path: str | os.PathLike) -> Path:
@@ -179,10 +183,35 @@ class _Step(nn.Module):
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict,
             opset: int) -> None:
     module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_stderr():
         warnings.simplefilter("ignore")  # tracer warnings about the (deliberately) frozen padded branch
         torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=inputs,
                           output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Hold back what C++ prints on file descriptor 2 (the exporter's shape-inference notes about PackPadded,
+    which are expected here); if the export fails, it is printed after all."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured): nothing to hold back
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), fd)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, fd)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 def _probe_lines(model, n: int = 3, seed: int = 0):

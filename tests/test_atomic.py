@@ -86,16 +86,46 @@ def killed_write(target) -> str:
     return [n for n in ast.literal_eval(out.stdout) if n.endswith(".tmp.pt")][0]
 
 
+def save_in_a_new_process(target, i: int) -> None:
+    script = (f"from dawnet.checkpoint import save_checkpoint; "
+              f"save_checkpoint({{'format': 'dawnet.checkpoint', 'i': {i}}}, {str(target)!r})")
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
 def test_stale_temporaries_of_killed_writes_are_removed_on_the_next_save(tmp_path):
     target = tmp_path / "last.pt"
     save_checkpoint({"format": "dawnet.checkpoint", "i": 0}, target)
     stale = killed_write(target)
     assert stale.startswith(".last.pt.") and (tmp_path / stale).exists()
-    other = tmp_path / ".other.pt.1-0123456789ab.tmp.pt"  # another target's temporary is not touched
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other = tmp_path / f".other.pt.{int(gone.stdout)}-0123456789ab.tmp.pt"  # another target's, its process gone
     other.write_bytes(b"x")
     live = tmp_path / f".last.pt.{os.getpid()}-0123456789ab.tmp.pt"  # a write still running here: kept
     live.write_bytes(b"x")
-    save_checkpoint({"format": "dawnet.checkpoint", "i": 1}, target)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt", other.name, live.name])
+    assert remove_stale_temporaries(target) == [tmp_path / stale]  # this target's only
+    (tmp_path / stale).write_bytes(b"again")
+    save_in_a_new_process(target, 1)  # the resumed run's first save cleans the folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt", live.name])
     assert load_checkpoint(target)["i"] == 1
-    assert remove_stale_temporaries(target) == []
+
+
+def test_many_writes_into_one_folder_scan_it_once(tmp_path, monkeypatch):
+    from dawnet import atomic
+
+    scans = []
+    real = atomic._remove_stale
+    monkeypatch.setattr(atomic, "_remove_stale", lambda folder, name: scans.append(folder) or real(folder, name))
+    for i in range(200):
+        atomic_write_bytes(tmp_path / f"{i}.png", b"x", fsync=False)
+    assert scans == [tmp_path] and len(list(tmp_path.iterdir())) == 200
+
+
+def test_fsync_false_skips_the_flushes(tmp_path, monkeypatch):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    atomic_write_bytes(tmp_path / "a.png", b"png", fsync=False)
+    atomic_write_text(tmp_path / "b.txt", "text", fsync=False)
+    assert calls == [] and (tmp_path / "a.png").read_bytes() == b"png" and (tmp_path / "b.txt").read_text() == "text"
+    atomic_write_bytes(tmp_path / "c.bin", b"c")
+    assert len(calls) == 2  # the file, then its folder

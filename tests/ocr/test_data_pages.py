@@ -59,3 +59,16 @@ def test_pages_are_deterministic_and_mix_digits(lines):
     assert a.image.tobytes() == b.image.tobytes() and a.boxes == b.boxes
     kinds = {k for s in range(4) for k in ps.render(seed=s).kinds}
     assert kinds == {"hw", "digits"}
+
+
+def test_pages_v2_use_the_pool_with_legible_held_out_lines():
+    from dawnet.ocr.data.generate import SpecGenerator
+    from dawnet.ocr.data.specs import LEGIBLE, spec
+
+    gen = SpecGenerator(spec("pages-v2:smoke"))
+    assert {f.family for f in gen.fonts["test"]} == set(spec("hw-lines-v2").fonts["test"])
+    assert gen._line_synth("test").config.blur_radius == LEGIBLE["blur_radius"]
+    assert gen._line_synth("train").config.blur_radius == (0.3, 1.0)  # training keeps v1's degradations
+    assert gen._page_synth("test").config.width == 640
+    a, b = gen.item("test", 1), SpecGenerator(spec("pages-v2:smoke")).item("test", 1)
+    assert a.image.tobytes() == b.image.tobytes() and a.boxes == b.boxes and len(a.boxes) >= 1

@@ -115,3 +115,49 @@ def test_eval_on_nothing_but_blank_lines_is_bad_input(model_and_data, tmp_path, 
     assert captured.err.splitlines()[-1] == (f"dawnet: error: all 2 lines of {tmp_path} are blank images (every "
                                              "pixel the same value): nothing to score; check that the images hold "
                                              "the text lines")
+
+
+def test_read_and_eval_with_the_onnx_runtime_match_torch(model_and_data, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="--runtime onnx runs the graph with ONNX Runtime")
+    from dawnet.ocr.onnx import export_onnx
+
+    ckpt, data, _ = model_and_data
+    export_onnx(str(ckpt), tmp_path / "m.onnx")
+    image = sorted(data.glob("*.png"))[0]
+    assert main(["read", str(ckpt), str(image)]) == 0
+    torch_text = capsys.readouterr().out
+    assert main(["read", "--runtime", "onnx", str(tmp_path / "m.onnx"), str(image)]) == 0
+    assert capsys.readouterr().out == torch_text
+    assert main(["eval", str(ckpt), "--data", str(data), "--json"]) == 0
+    torch_result = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--runtime", "onnx", str(tmp_path / "m.onnx"), "--data", str(data), "--json"]) == 0
+    onnx_result = json.loads(capsys.readouterr().out)
+    assert (onnx_result["lines"], onnx_result["cer"]) == (torch_result["lines"], torch_result["cer"])
+
+
+def test_read_pages_needs_a_recognizer_and_a_page(model_and_data, capsys):
+    ckpt, _, _ = model_and_data
+    assert main(["read", "--detector", "det.pt", str(ckpt)]) == 2
+    assert capsys.readouterr().err == ("dawnet: error: page reading needs a recognizer and at least one page: "
+                                       "dawnet read --detector DET.pt --recognizer REC.pt PAGE.png [PAGE.png ...]\n")
+
+
+def test_read_pages_with_a_detector(model_and_data, tmp_path, capsys):
+    from dawnet.ocr.detection import DetectionAgent
+    from dawnet.ocr.models.yolo import yolo
+
+    ckpt, _, _ = model_and_data
+    m = yolo(size=320)
+    DetectionAgent(m, torch.optim.SGD(m.parameters(), 0.1), size=320, score_threshold=0.0,
+                   device="cpu").save(tmp_path / "det.pt")
+    page = Image.new("L", (320, 240), 255)
+    for y in (30, 100, 170):
+        ImageDraw.Draw(page).text((20, y), "ocr line", fill=0)
+    page.save(tmp_path / "page.png")
+    code = main(["read", "--detector", str(tmp_path / "det.pt"), "--recognizer", str(ckpt), "--json",
+                 str(tmp_path / "page.png")])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("\n") == 1  # one JSON object per page
+    result = json.loads(out)
+    assert result["image"] == str(tmp_path / "page.png")
+    assert result["text"] == "\n".join(line["text"] for line in result["lines"])

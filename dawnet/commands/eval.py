@@ -50,6 +50,10 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy or small "
                         "machine).")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch (default): CHECKPOINT is a .pt checkpoint; onnx: an .onnx file from 'dawnet "
+                        "export', run with ONNX Runtime (pip install 'dawnet[onnx]'); --threads then sets ONNX "
+                        "Runtime's threads.")
     p.set_defaults(func=run)
 
 
@@ -57,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
     from dawnet.ocr.lines import load_line_data, split_folder
     from dawnet.ocr.reading import configure_decoder, evaluate_lines, load_recognizer
 
-    set_threads(args.threads)
-    agent = load_recognizer(args.checkpoint)
+    if args.runtime == "onnx":
+        from dawnet.ocr.onnx import load_recognizer as load_onnx
+
+        agent = load_onnx(args.checkpoint, threads=args.threads)
+    else:
+        set_threads(args.threads)
+        agent = load_recognizer(args.checkpoint)
     configure_decoder(agent, args.lm, args.beam, args.lm_weight, args.bonus)
     data_arg = args.data
     p = Path(data_arg)

@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for PyTorch (default: PyTorch's choice; 1 is often faster on a busy or small "
                         "machine).")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch (default): CHECKPOINT is a .pt checkpoint; onnx: CHECKPOINT (and --detector/"
+                        "--recognizer) are .onnx files from 'dawnet export', run with ONNX Runtime (pip install "
+                        "'dawnet[onnx]'); --threads then sets ONNX Runtime's threads.")
     g = p.add_argument_group("pages (detect lines, then read them)")
     g.add_argument("--detector", default=None, metavar="CKPT",
                    help="A text-line detector checkpoint (e.g. DIR/models/yolo.pt from 'dawnet bench'); with it "
@@ -48,19 +52,30 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from dawnet.ocr.agents import LineImageError
+def _recognizer(args: argparse.Namespace, path: str):
+    """The recognizer at ``path``: a checkpoint, or with ``--runtime onnx`` an exported ONNX graph."""
     from dawnet.ocr.reading import configure_decoder, load_recognizer
 
-    set_threads(args.threads)
-    if args.detector:
-        from dawnet.ocr.page import run_page_command
+    if args.runtime == "onnx":
+        from dawnet.ocr.onnx import load_recognizer as load_onnx
 
-        return run_page_command(args)
+        agent = load_onnx(path, threads=args.threads)
+    else:
+        agent = load_recognizer(path)
+    configure_decoder(agent, args.lm, args.beam, args.lm_weight, args.bonus)
+    return agent
+
+
+def run(args: argparse.Namespace) -> int:
+    from dawnet.ocr.agents import LineImageError
+
+    if args.runtime == "torch":
+        set_threads(args.threads)
+    if args.detector:
+        return read_pages(args)
     if not args.images:
         raise CommandError("give line IMAGEs after CHECKPOINT (or --detector DET.pt for whole pages)")
-    agent = load_recognizer(args.checkpoint)
-    configure_decoder(agent, args.lm, args.beam, args.lm_weight, args.bonus)
+    agent = _recognizer(args, args.checkpoint)
     failed = 0
     for path in args.images:
         try:
@@ -82,4 +97,57 @@ def run(args: argparse.Namespace) -> int:
             print(text)
     if failed == len(args.images):
         raise CommandError(f"no image could be read ({failed} failed; see the messages above)")
+    return 1 if failed else 0
+
+
+def read_pages(args: argparse.Namespace) -> int:
+    """``dawnet read --detector DET [--recognizer REC] ...``: the text of whole pages, top to bottom.
+
+    With ``--recognizer`` every positional argument is a page; without it the first positional argument is the
+    recognizer (as in ``dawnet read CHECKPOINT IMAGE...``). ``--json`` prints one object per page (text, lines
+    with boxes and scores); ``--boxes`` prints ``x0,y0,x1,y1<TAB>score<TAB>text`` lines.
+    """
+    from dawnet.ocr.page import read_page
+
+    positional = [a for a in [args.checkpoint, *args.images] if a]
+    recognizer_path = args.recognizer or (positional.pop(0) if positional else None)
+    images = positional
+    if recognizer_path is None or not images:
+        raise CommandError("page reading needs a recognizer and at least one page: dawnet read --detector "
+                           "DET.pt --recognizer REC.pt PAGE.png [PAGE.png ...]")
+    if args.runtime == "onnx":
+        from dawnet.ocr.onnx import load_detector as load_onnx_detector
+
+        detector = load_onnx_detector(args.detector, threads=args.threads)
+    else:
+        from dawnet.ocr.detection import load_detector
+
+        detector = load_detector(args.detector)
+    recognizer = _recognizer(args, recognizer_path)
+    failed = 0
+    for path in images:
+        try:
+            result = read_page(path, detector, recognizer)
+        except (FileNotFoundError, ValueError) as e:
+            failed += 1
+            if args.json:
+                print(json.dumps({"image": path, "error": str(e)}))
+            else:
+                print(f"dawnet read: {path}: {e}", file=sys.stderr)
+            continue
+        for note in result.skipped:
+            print(f"dawnet read: {path}: note: skipped {note}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"image": path, **result.to_dict()}))
+            continue
+        if len(images) > 1:
+            print(f"== {path}")
+        for line in result.lines:
+            if args.boxes:
+                x0, y0, x1, y1 = (round(v) for v in line.box)
+                print(f"{x0},{y0},{x1},{y1}\t{line.score:.3f}\t{line.text}")
+            else:
+                print(line.text)
+    if failed == len(images):
+        raise CommandError(f"no page could be read ({failed} failed; see the messages above)")
     return 1 if failed else 0

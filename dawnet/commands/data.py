@@ -151,13 +151,12 @@ def save_sheet(fig, out: str, dpi: int = 90) -> None:
     """Write a contact sheet as a grayscale PNG (a third of the RGBA size), atomically."""
     import io
 
-    from PIL import Image
-
     from dawnet.atomic import atomic_write_bytes
+    from dawnet.images import load_image
 
     buf, gray = io.BytesIO(), io.BytesIO()
     fig.savefig(buf, dpi=dpi, format="png")
-    Image.open(buf).convert("L").save(gray, format="png", optimize=True)
+    load_image(buf.getvalue()).save(gray, format="png", optimize=True)
     atomic_write_bytes(out, gray.getvalue())
 
 

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from dawnet.images import load_image
 from dawnet.ocr.data.builder import read_manifest
 
 __all__ = ["contact_sheet", "spec_sheet", "family_sheet", "FAMILY_TEXT"]
@@ -43,14 +44,14 @@ def contact_sheet(data_dir: str | os.PathLike, split: str = "train", n: int = 16
         for k, i in enumerate(pick):
             ax = fig.add_subplot(rows, cols, k + 1)
             it = items[i]
-            ax.imshow(Image.open(data_dir / split / it["path"]), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(load_image(data_dir / split / it["path"]), cmap="gray", vmin=0, vmax=255)
             for (x0, y0, x1, y1), kd in zip(it["boxes"], it["kinds"]):
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.8,
                                        edgecolor="tab:red" if kd == "hw" else "tab:blue"))
             ax.set_title(f"{it['path'].split('/')[-1]}: {len(it['boxes'])} lines", fontsize=8)
             ax.axis("off")
     else:
-        entries = [(Image.open(data_dir / split / items[i]["path"]),
+        entries = [(load_image(data_dir / split / items[i]["path"]),
                     f"{items[i]['text']}  [{Path(items[i].get('font', '')).stem}]") for i in pick]
         return _lines_figure(entries, f"{name} ({manifest['spec'].get('size', 'default')}) - {split}", columns)
     fig.suptitle(f"{name} ({manifest['spec'].get('size', 'default')}) - {split}", fontsize=10)

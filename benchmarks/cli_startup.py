@@ -1,7 +1,8 @@
 """How long the ``dawnet`` command takes to start, before any real work: ``dawnet --help`` and ``dawnet CMD --help``.
 
 Each case runs in a fresh interpreter (``python -m dawnet.cli ...``), ``--rounds`` times, interleaved with a bare
-``python -c pass`` (the interpreter's own start, for scale); the median wall time is printed next to its target
+``python -c pass`` (the interpreter's own start, for scale) and ``python -c 'import torch'`` (what a
+command's real work pays first); the median wall time is printed next to its target
 (``dawnet --help`` <= 0.5 s, every command <= 1.5 s; issue 18) and the ratio time / target (<= 1 meets it). With
 ``--importtime`` the slowest imports of each case are listed (``python -X importtime``, cumulative), which names
 the module to make lazy when a case misses its target.
@@ -57,14 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     cases = [("dawnet --help", ["--help"], TOP_TARGET_S)] + [
         (f"dawnet {c} --help", [c, "--help"], COMMAND_TARGET_S) for c in commands]
     bare = [sys.executable, "-c", "pass"]
+    torch_only = [sys.executable, "-c", "import torch"]
     times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-    baseline = []
+    baseline, torch_times = [], []
     for _ in range(args.rounds):  # interleaved, so a burst of load from elsewhere hits every case alike
         baseline.append(_time(bare))
+        torch_times.append(_time(torch_only))
         for name, case_args, _ in cases:
             times[name].append(_time([sys.executable, "-m", "dawnet.cli", *case_args]))
 
-    print(f"dawnet start-up, median of {args.rounds} runs (python -c pass: {statistics.median(baseline):.3f} s)")
+    print(f"dawnet start-up, median of {args.rounds} runs (python -c pass: {statistics.median(baseline):.3f} s; "
+          f"import torch: {statistics.median(torch_times):.3f} s, paid by a command's real work, not by its start)")
     print(f"{'case':<30} {'median s':>9} {'min s':>7} {'target s':>9} {'ratio':>6}")
     missed = 0
     for name, case_args, target in cases:

@@ -33,7 +33,14 @@ import torch
 from torch import nn
 
 from dawnet import parallel
-from dawnet.agent_state import AgentSnapshot, agent_from_state, agent_state, load_agent_state, register_agent_class
+from dawnet.agent_state import (
+    AgentSnapshot,
+    PendingOptimizer,
+    agent_from_state,
+    agent_state,
+    load_agent_state,
+    register_agent_class,
+)
 from dawnet.callbacks import Callback
 from dawnet.checkpoint import load_checkpoint, save_checkpoint
 from dawnet.history import History
@@ -127,7 +134,8 @@ class Agent:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
+        pending = isinstance(optimizer, PendingOptimizer)  # Agent.load builds it on first use
+        if not pending and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer instance, got {type(optimizer).__name__}; "
                             "build it over model.parameters()")
         if grad_clip is not None and not grad_clip > 0:
@@ -136,11 +144,13 @@ class Agent:
             raise ValueError(f"accumulate must be an integer >= 1, got {accumulate!r}")
         self.model = parallel.unwrap(model)
         self._forward_module = model if isinstance(model, nn.DataParallel) else self.model
-        _check_optimizer_owns(optimizer, self.model)
+        if not pending:
+            _check_optimizer_owns(optimizer, self.model)
         self.device = _resolve_device(device)
         self.model.to(self.device)
-        self.optimizer = optimizer
-        self.schedule = schedule
+        self._pending = optimizer if pending else None
+        self._optimizer = None if pending else optimizer
+        self._schedule = schedule
         if schedule is not None and getattr(schedule, "optimizer", optimizer) is not optimizer:
             raise ValueError("schedule was built on a different optimizer than the one given to the Agent")
         self.loss = loss
@@ -448,6 +458,36 @@ class Agent:
     # -- state and checkpoints ---------------------------------------------------------------------
 
     @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer. A loaded agent builds it on first use: building any torch optimizer imports
+        torch._dynamo (seconds), which inference never needs."""
+        if self._pending is not None:
+            self._build_pending()
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._pending = None
+        self._optimizer = optimizer
+
+    @property
+    def schedule(self):
+        """The LR schedule (None: constant LR), stepped once per optimizer step."""
+        if self._pending is not None:
+            self._build_pending()
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule) -> None:
+        if self._pending is not None:
+            self._build_pending()
+        self._schedule = schedule
+
+    def _build_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        self._optimizer, self._schedule = pending.build()
+
+    @property
     def lr(self) -> float:
         """The learning rate of the first parameter group."""
         return float(self.optimizer.param_groups[0]["lr"])
@@ -578,7 +618,8 @@ class Agent:
             getattr(cb, hook)(self, *args)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(model={type(self.model).__name__}, optimizer={type(self.optimizer).__name__}, "
+        optimizer = self._pending.name if self._pending is not None else type(self._optimizer).__name__
+        return (f"{type(self).__name__}(model={type(self.model).__name__}, optimizer={optimizer}, "
                 f"device={self.device}, epoch={self.epoch}, step={self.step})")
 
 

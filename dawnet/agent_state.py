@@ -40,7 +40,7 @@ from dawnet.checkpoint import FORMAT, VERSION, CheckpointError, is_plain, load_m
 from dawnet.metrics import METRICS, TASK_METRICS, lookup_metric, metric_names
 from dawnet.registry import UnknownModelError, build_model, check_json_spec, model_spec
 
-__all__ = ["agent_state", "load_agent_state", "agent_from_state", "check_state", "allowed",
+__all__ = ["agent_state", "load_agent_state", "agent_from_state", "check_state", "allowed", "PendingOptimizer",
            "register_agent_class", "AgentSnapshot", "Missing"]
 
 _AGENT_CLASSES: dict[str, type] = {}  # "module.QualName" -> Agent class, filled as Agent subclasses are defined
@@ -92,14 +92,18 @@ def agent_state(agent) -> dict:
     }
 
 
-def load_agent_state(agent, state: dict, *, restore_rng: bool = True) -> None:
-    """Restore :func:`agent_state`'s dict into ``agent`` (weights, optimizer, schedule, progress, RNG)."""
+def load_agent_state(agent, state: dict, *, restore_rng: bool = True, optimizer: bool = True) -> None:
+    """Restore :func:`agent_state`'s dict into ``agent`` (weights, optimizer, schedule, progress, RNG).
+
+    ``optimizer=False`` leaves the optimizer and schedule alone (a loaded agent restores them when it builds them).
+    """
     if agent._micro:
         raise RuntimeError("cannot load a state in the middle of a gradient-accumulation window")
     load_model_weights(agent.model, state["model"]["state_dict"], source="the checkpoint")
-    agent.optimizer.load_state_dict(state["optimizer"]["state_dict"])
-    if agent.schedule is not None and state.get("schedule"):
-        agent.schedule.load_state_dict(state["schedule"]["state_dict"])
+    if optimizer:
+        agent.optimizer.load_state_dict(state["optimizer"]["state_dict"])
+        if agent.schedule is not None and state.get("schedule"):
+            agent.schedule.load_state_dict(state["schedule"]["state_dict"])
     if agent._scaler is not None and state.get("scaler"):
         agent._scaler.load_state_dict(state["scaler"])
     agent.history.load_state_dict(state["history"])
@@ -401,10 +405,10 @@ def agent_from_state(requested: type, state: dict, source: str, *, map_location=
                                   f"arguments ({_first_line(e)}); pass model= to Agent.load") from e
     plain_model = parallel.unwrap(model)
     load_model_weights(plain_model, state["model"]["state_dict"], source=source)
+    _check_optimizer_state(state["optimizer"], plain_model, source)
+    optimizer = PendingOptimizer(found["optimizer"], found["schedule"], state["optimizer"], state["schedule"],
+                                 plain_model, source)
     try:
-        optimizer = _build_optimizer(found["optimizer"], state["optimizer"], plain_model, source)
-        schedule = None if found["schedule"] is None else _build_schedule(found["schedule"], state["schedule"],
-                                                                          optimizer)
         if loss is None:
             loss = _build_loss(found["loss"], state["loss"], source)
         if metrics is None:
@@ -412,14 +416,59 @@ def agent_from_state(requested: type, state: dict, source: str, *, map_location=
         device = "auto" if map_location is None else map_location
         agent = agent_cls(model, optimizer, loss=loss, schedule=None, metrics=metrics, device=device,
                           callbacks=callbacks, **state["agent"]["config"])
-        agent.schedule = schedule
-        agent.load_state_dict(state, restore_rng=restore_rng)
+        load_agent_state(agent, state, restore_rng=restore_rng, optimizer=False)
     except CheckpointError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {source} does not rebuild a {agent_cls.__name__}: {_first_line(e)}. "
                               "Use an earlier checkpoint, or one written by this dawnet version") from e
     return agent
+
+
+class PendingOptimizer:
+    """The optimizer and schedule of a loaded agent, built (and their states restored) on first use.
+
+    Building any torch optimizer imports torch._dynamo, seconds that reading or evaluating never needs; the
+    checkpoint's parts were checked by :func:`check_state` already, so building later cannot run anything else.
+    """
+
+    def __init__(self, optimizer_cls: type, schedule_cls: type | None, optimizer_state: dict,
+                 schedule_state: dict | None, model: nn.Module, source: str):
+        self.name = optimizer_cls.__name__
+        self._parts = (optimizer_cls, schedule_cls, optimizer_state, schedule_state, model, source)
+
+    def build(self) -> tuple[torch.optim.Optimizer, Any]:
+        """``(optimizer, schedule)`` with their saved states; raises CheckpointError if the states do not fit."""
+        optimizer_cls, schedule_cls, optimizer_state, schedule_state, model, source = self._parts
+        try:
+            optimizer = _build_optimizer(optimizer_cls, optimizer_state, model, source)
+            schedule = None if schedule_cls is None else _build_schedule(schedule_cls, schedule_state, optimizer)
+            optimizer.load_state_dict(optimizer_state["state_dict"])
+            if schedule is not None:
+                schedule.load_state_dict(schedule_state["state_dict"])
+        except CheckpointError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError, AttributeError) as e:
+            raise CheckpointError(f"checkpoint {source}: its {optimizer_cls.__name__} state cannot be restored "
+                                  f"({_first_line(e)}); use an earlier checkpoint") from e
+        return optimizer, schedule
+
+
+def _check_optimizer_state(saved: dict, model: nn.Module, source: str) -> None:
+    """What torch's Optimizer.load_state_dict would refuse, checked at load time rather than at first use."""
+    names = dict(model.named_parameters(remove_duplicate=False))
+    missing = [n for group in saved["groups"] for n in group if n not in names]
+    if missing:
+        raise CheckpointError(f"checkpoint {source}: the optimizer refers to parameter {missing[0]!r}, which the "
+                              "model does not have")
+    inner = saved["state_dict"]
+    groups, per_param = inner.get("param_groups"), inner.get("state")
+    ok = (isinstance(groups, list) and len(groups) == len(saved["groups"]) and isinstance(per_param, dict)
+          and all(isinstance(g, dict) and isinstance(g.get("params"), list) and len(g["params"]) == len(names_)
+                  and is_plain(g, tensors=True) for g, names_ in zip(groups, saved["groups"]))
+          and all(isinstance(v, dict) and is_plain(v, tensors=True) for v in per_param.values()))
+    if not ok:
+        raise CheckpointError(f"checkpoint {source}: the optimizer state is damaged; use an earlier checkpoint")
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:

@@ -216,3 +216,28 @@ def test_save_checkpoint_creates_folders(tmp_path):
     target = tmp_path / "a" / "b" / "c.pt"
     save_checkpoint({"format": "dawnet.checkpoint", "x": 1}, target)
     assert load_checkpoint(target)["x"] == 1
+
+
+def test_a_loaded_agent_builds_its_optimizer_on_first_use(tmp_path):
+    """Reading and evaluating never build the optimizer (building any torch optimizer imports torch._dynamo)."""
+    agent, path = trained(tmp_path)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import dawnet, toy
+        agent = dawnet.Agent.load({str(path)!r}, map_location="cpu")
+        agent.evaluate(toy.loader(16, shuffle=False))
+        agent.infer(toy.quadrant_data(1)[0][0])
+        print(repr(agent), "torch._dynamo" in sys.modules)
+        print(type(agent.optimizer).__name__, "torch._dynamo" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["Agent(model=ToyCNN, optimizer=SGD, device=cpu, epoch=1, step=4) False", "SGD True"]
+    loaded = dawnet.Agent.load(path, map_location="cpu")
+    assert repr(loaded.optimizer.state_dict()) == repr(agent.optimizer.state_dict())
+    assert loaded.schedule.state_dict() == agent.schedule.state_dict()
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["state_dict"]["param_groups"][0]["params"].pop()
+    torch.save(state, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match="the optimizer state is damaged"):
+        dawnet.Agent.load(tmp_path / "damaged.pt")  # refused at load, not at the first step

@@ -60,6 +60,8 @@ def load_history(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise CommandError(f"--out {args.out}: give a file name ending in .png, .pdf or .svg")  # before any write
     history = load_history(args.checkpoint)
     did = False
     if args.csv:
@@ -71,21 +73,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
         did = True
     if args.out:
-        import os
-
+        from dawnet.atomic import atomic_path
         from dawnet.history_plot import draw_history
 
-        suffix = Path(args.out).suffix.lower().lstrip(".")
-        if suffix not in ("png", "pdf", "svg", "jpg", "jpeg"):
-            raise CommandError(f"--out {args.out}: give a file name ending in .png, .pdf or .svg")
         try:
             fig = draw_history(history, keys=args.keys, lr=not args.no_lr)
         except ValueError as e:
             raise CommandError(str(e)) from None
-        out = Path(args.out)
-        tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.{suffix}")
-        fig.savefig(tmp, dpi=args.dpi)
-        os.replace(tmp, out)
+        with atomic_path(args.out) as tmp:  # keeps the suffix, so matplotlib picks the format
+            fig.savefig(tmp, dpi=args.dpi)
         print(f"wrote {args.out}")
         did = True
     if not did:

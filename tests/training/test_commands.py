@@ -70,6 +70,9 @@ def test_history_errors(tmp_path, capsys):
     assert capsys.readouterr().err == (f"dawnet: error: --out {tmp_path / 'x.gif'}: give a file name ending in "
                                        ".png, .pdf or .svg\n")
     assert not (tmp_path / "x.gif").exists()
+    # a bad --out is refused before anything is written
+    assert main(["history", str(path), "--csv", str(tmp_path / "h.csv"), "--out", str(tmp_path / "x.gif")]) == 2
+    assert capsys.readouterr().err.startswith("dawnet: error: --out ") and not (tmp_path / "h.csv").exists()
     assert main(["history", str(path), "--out", str(tmp_path / "x.png"), "--keys", "val_cer"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dawnet: error: keys ['val_cer'] are not in the history; it has step keys ['step', ")

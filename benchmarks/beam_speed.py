@@ -93,7 +93,7 @@ def _flashlight_cases(arr, beam: int, lm: CharNgramLM) -> dict:
                                          sil_score=bonus, log_add=True, criterion_type=CriterionType.CTC)
         dec = LexiconFreeDecoder(opts, lm_obj, -1, 0, [])
 
-        def run():
+        def run(keep=lm_obj):  # the Python LM must outlive the decoder that calls it
             out = []
             for a in arr:
                 toks = [t for t in dec.decode(a.ctypes.data, a.shape[0], a.shape[1])[0].tokens if t >= 0]

@@ -349,7 +349,7 @@ def test_unreadable_image_reason_is_one_line(tmp_path):
         read_folder(tmp_path)
     assert str(e.value) == (f"{tmp_path / '000000.png'}: unreadable image: not an image file Pillow can read (it "
                             "starts b'GIF89a-b'); give a PNG, JPEG, TIFF, BMP, GIF or WebP file; fix or remove the "
-                            "entry (reading with on_error='skip' skips such entries and counts them)")
+                            "entry")
 
 
 @pytest.mark.parametrize("junk", [b"", b"this is not an lmdb database" * 200])
@@ -367,12 +367,10 @@ def test_a_junk_data_mdb_is_a_one_line_error_naming_the_file_and_the_fix(junk, t
 def test_messages_name_the_fix_not_only_a_python_argument(tmp_path):
     write_folder(samples(), tmp_path)
     (tmp_path / "000001.gt.txt").write_text(" \n", encoding="utf-8")
-    with pytest.raises(FormatError, match=r"000001\.gt\.txt:1: empty transcription; fix or remove the entry "
-                                          r"\(reading with on_error='skip' skips such entries and counts them\)$"):
+    with pytest.raises(FormatError, match=r"000001\.gt\.txt:1: empty transcription; fix or remove the entry$"):
         read_folder(tmp_path)
     (tmp_path / "notes.csv").write_text("a,b\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"cannot tell the format of .*notes\.csv: give a folder of png \+ gt\.txt, "
-                                         r"a \.tsv, an IAM lines\.txt, a PAGE/ALTO \.xml or an LMDB folder \(or name "
-                                         r"the format: read_lines\(\.\.\., format=\) takes one of folder, tsv, iam, "
-                                         r"page, alto, lmdb\)$"):
+                                         r"a \.tsv, an IAM lines\.txt, a PAGE/ALTO \.xml or an LMDB folder$") as e:
         read_lines(tmp_path / "notes.csv")
+    assert "format=" not in str(e.value)

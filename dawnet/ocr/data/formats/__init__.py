@@ -58,8 +58,7 @@ def read_lines(path: str | os.PathLike, format: str = "auto", on_error: str = "r
             raise FileNotFoundError(f"line data not found: {p}")
         else:
             raise ValueError(f"cannot tell the format of {p}: give a folder of png + gt.txt, a .tsv, an IAM "
-                             "lines.txt, a PAGE/ALTO .xml or an LMDB folder (or name the format: read_lines(..., "
-                             f"format=) takes one of {', '.join(LINE_FORMATS)})")
+                             "lines.txt, a PAGE/ALTO .xml or an LMDB folder")
     readers = {"folder": read_folder, "tsv": read_tsv, "iam": read_iam_lines, "page": read_page_xml,
                "alto": read_alto, "lmdb": read_lmdb}
     if format not in readers:

@@ -26,7 +26,10 @@ def check_on_error(on_error: str) -> None:
 
 
 class Problems:
-    """Collects malformed entries: raises at once (``on_error="raise"``) or counts them (``"skip"``)."""
+    """Collects malformed entries: raises at once (``on_error="raise"``) or counts them (``"skip"``).
+
+    The message names the entry and the fix that works from the CLI too (which has no skip option).
+    """
 
     def __init__(self, on_error: str = "raise"):
         check_on_error(on_error)
@@ -35,8 +38,7 @@ class Problems:
 
     def __call__(self, where: str, why: str) -> None:
         if self.on_error == "raise":
-            raise FormatError(f"{where}: {why}; fix or remove the entry (reading with on_error='skip' skips "
-                              "such entries and counts them)")
+            raise FormatError(f"{where}: {why}; fix or remove the entry")
         self.skipped.append((where, why))
 
 

@@ -310,6 +310,9 @@ def test_corrupt_and_missing_files_get_one_line_errors(tmp_path):
         load(tmp_path / "cut.onnx")
     with pytest.raises(FileNotFoundError, match="dawnet export"):
         load(tmp_path / "nope.onnx")
+    _recognizer("crnn_small").save(tmp_path / "c.pt")
+    with pytest.raises(OnnxFileError, match="is a PyTorch checkpoint, not an ONNX file: export it with 'dawnet export"):
+        load(tmp_path / "c.pt")
 
 
 @needs_onnx

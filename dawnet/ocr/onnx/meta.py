@@ -47,6 +47,10 @@ def open_session(path: str | os.PathLike, threads: int | None = None):
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file {path} does not exist; write one with 'dawnet export CHECKPOINT --out "
                                 f"{path.name}'")
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # a zip: what torch.save writes
+            raise OnnxFileError(f"{path} is a PyTorch checkpoint, not an ONNX file: export it with 'dawnet export "
+                                f"{path} --out {path.with_suffix('.onnx').name}' (or run it without --runtime onnx)")
     opts = ort.SessionOptions()
     if threads is not None:
         if threads < 1:

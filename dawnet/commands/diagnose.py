@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dawnet.commands import CommandError
+from dawnet.commands import CommandError, set_threads
 from dawnet.commands._types import nonnegative_int, positive_int
 
 MODES = ("rf", "layers")
@@ -53,6 +53,9 @@ def register(subparsers) -> None:
                    help="For `rf` without --image: the input shape, e.g. 1,32,128 (default: from the checkpoint's "
                         "input settings when it has them).")
     p.add_argument("--device", default="cpu", help="Device to run on (default: cpu).")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="PyTorch CPU threads (default: 1: one image at a time is fastest on one thread; on a busy "
+                        "machine two threads made each forward pass 70 times slower).")
     p.add_argument("--trust-code", action="store_true",
                    help="Allow the checkpoint to import model/agent code outside dawnet and torch (default: off).")
     p.add_argument("--json", action="store_true", help="Print one JSON object instead of text.")
@@ -141,6 +144,7 @@ def _safe(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     mode, ckpt = _split_target(args.target)
+    set_threads(args.threads)
     agent = _load_agent(ckpt, args.device, args.trust_code)
     if mode == "layers":
         return _run_layers(agent, args)

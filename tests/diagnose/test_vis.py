@@ -187,8 +187,13 @@ def test_cli_figures_rf_and_layers(recognizer_checkpoint, capsys):
     assert main(["diagnose", "rf", ckpt, "--layer", "seq", "--input-shape", "1,32,96"]) == 0
     text = capsys.readouterr().out
     assert "recurrent" in text and "width: size whole axis" in text
+    torch.set_num_threads(2)
     assert main(["diagnose", "layers", ckpt]) == 0
     assert "seq.rnn" in capsys.readouterr().out
+    assert torch.get_num_threads() == 1  # the default: one thread
+    assert main(["diagnose", "layers", ckpt, "--threads", "2", "--json"]) == 0
+    assert torch.get_num_threads() == 2
+    assert "seq.rnn" in [row["name"] for row in json.loads(capsys.readouterr().out)]
 
 
 @pytest.mark.parametrize(
@@ -196,6 +201,7 @@ def test_cli_figures_rf_and_layers(recognizer_checkpoint, capsys):
     [
         (["--top", "0"], "argument --top: must be an integer >= 1, got 0"),
         (["--sensitivity", "-1"], "argument --sensitivity: must be an integer >= 0, got -1"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
     ],
 )
 def test_cli_checks_option_ranges_first(tmp_path, capsys, argv, message):

@@ -220,11 +220,9 @@ def fetch(fonts_dir: str | os.PathLike | None = None, lock: dict | None = None, 
         if not all(p.is_file() and _sha256(p) == f["sha256"] for p, f in zip(paths, fam["files"])):
             todo.append(fam)
     registry = npm_registry() if todo else None
-    nbytes = [0]
 
-    def one(fam: dict) -> None:
+    def one(fam: dict) -> int:
         data = _get(_tarball_url(registry, fam["package"], fam["version"]))
-        nbytes[0] += len(data)
         _check_integrity(data, fam["integrity"], f"{fam['package']}@{fam['version']}")
         got = _extract(data, [f"files/{f['name']}" for f in fam["files"]])
         for f in fam["files"]:
@@ -233,18 +231,20 @@ def fetch(fonts_dir: str | os.PathLike | None = None, lock: dict | None = None, 
                 raise FontPoolError(f"{fam['package']}@{fam['version']}: files/{f['name']} is missing or differs "
                                     "from the lock. Fix: restore fonts-lock.json from git")
             atomic_write_bytes(root / _rel(fam, f["name"]), blob)
+        return len(data)
 
+    nbytes = 0
     if todo:
         if progress:
             print(f"dawnet fonts: fetching {len(todo)} pinned font packages into {root}", flush=True)
         with ThreadPoolExecutor(max(1, workers)) as ex:
-            list(ex.map(one, todo))
+            nbytes = sum(ex.map(one, todo))
     marker = {"format": "dawnet.fonts-cache", "lock_sha256": hashlib.sha256(
         json.dumps(lock, sort_keys=True).encode()).hexdigest()}
     atomic_write_text(root / MARKER, json.dumps(marker, indent=1) + "\n")
     files = sum(len(f["files"]) for f in _wanted(lock))
     return {"cache": str(root), "packages": len(_wanted(lock)), "fetched": len(todo), "files": files,
-            "downloaded_bytes": nbytes[0], "seconds": round(time.perf_counter() - t0, 2)}
+            "downloaded_bytes": nbytes, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 # -- the pool at run time -----------------------------------------------------------------------------------

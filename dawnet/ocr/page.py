@@ -12,9 +12,7 @@ ground-truth boxes of the same lines, which isolates what detection costs.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +28,6 @@ __all__ = [
     "recognize_crops",
     "evaluate_pages",
     "CROP_PAD",
-    "run_page_command",
 ]
 
 CROP_PAD = (0.15, 0.12)  # crop margin around a tight line box, as a fraction of its height (x, y): the
@@ -211,61 +208,3 @@ def evaluate_pages(
         "detected_lines": detected,
         "seconds_per_page": seconds / len(pages),
     }
-
-
-# -- command line: `dawnet read --detector CKPT --recognizer CKPT PAGE.png` -------------------------------
-
-
-def run_page_command(args) -> int:
-    """``dawnet read --detector CKPT [--recognizer CKPT] ...``: the text of whole pages, top to bottom.
-
-    With ``--recognizer`` every positional argument is a page; without it the first positional argument is
-    the recognizer checkpoint (as in ``dawnet read CHECKPOINT IMAGE...``). ``--json`` prints one object per
-    page (text, lines with boxes and scores); ``--boxes`` prints ``x0,y0,x1,y1<TAB>score<TAB>text`` lines.
-    Bad input raises ValueError / FileNotFoundError with a one-line message (the CLI prints it, exit 2).
-    """
-    from dawnet.ocr.detection import load_detector
-    from dawnet.ocr.reading import configure_decoder, load_recognizer
-
-    positional = [a for a in [getattr(args, "checkpoint", None), *(getattr(args, "images", None) or [])] if a]
-    recognizer_path = args.recognizer or (positional.pop(0) if positional else None)
-    images = positional
-    if recognizer_path is None or not images:
-        raise ValueError("page reading needs a recognizer and at least one page: dawnet read --detector "
-                           "DET.pt --recognizer REC.pt PAGE.png [PAGE.png ...]")
-    detector = load_detector(args.detector)
-    recognizer = load_recognizer(recognizer_path)
-    configure_decoder(
-        recognizer,
-        getattr(args, "lm", None),
-        getattr(args, "beam", None),
-        getattr(args, "lm_weight", 0.5),
-        getattr(args, "bonus", None),
-    )
-    failed, as_json = 0, getattr(args, "json", False)
-    for path in images:
-        try:
-            result = read_page(path, detector, recognizer)
-        except (FileNotFoundError, ValueError) as e:
-            failed += 1
-            if as_json:
-                print(json.dumps({"image": path, "error": str(e)}))
-            else:
-                print(f"dawnet read: {path}: {e}", file=sys.stderr)
-            continue
-        for note in result.skipped:
-            print(f"dawnet read: {path}: note: skipped {note}", file=sys.stderr)
-        if as_json:
-            print(json.dumps({"image": path, **result.to_dict()}))
-            continue
-        if len(images) > 1:
-            print(f"== {path}")
-        for line in result.lines:
-            if getattr(args, "boxes", False):
-                x0, y0, x1, y1 = (round(v) for v in line.box)
-                print(f"{x0},{y0},{x1},{y1}\t{line.score:.3f}\t{line.text}")
-            else:
-                print(line.text)
-    if failed == len(images):
-        raise ValueError(f"no page could be read ({failed} failed; see the messages above)")
-    return 1 if failed else 0

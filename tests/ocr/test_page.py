@@ -160,8 +160,9 @@ def test_letterbox_of_a_numpy_page_matches_the_pil_page(pages):
 def test_read_command_reads_pages_with_detector_and_recognizer(tmp_path, pages, recognizer, capsys):
     """The page mode of ``dawnet read``: the read command's own parser, real checkpoints."""
     from dawnet.cli import build_parser
+    from dawnet.commands import CommandError
+    from dawnet.commands.read import read_pages
     from dawnet.ocr.models.yolo import yolo
-    from dawnet.ocr.page import run_page_command
 
     m = yolo(size=320)
     det = DetectionAgent(m, torch.optim.SGD(m.parameters(), 0.1), size=320, score_threshold=0.0, device="cpu")
@@ -183,7 +184,7 @@ def test_read_command_reads_pages_with_detector_and_recognizer(tmp_path, pages, 
             pages[1].path,
         ]
     )
-    assert run_page_command(args) == 0
+    assert read_pages(args) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [o["image"] for o in out] == [pages[0].path, pages[1].path]
     assert all(o["text"] == "\n".join(line["text"] for line in o["lines"]) for o in out)
@@ -191,14 +192,14 @@ def test_read_command_reads_pages_with_detector_and_recognizer(tmp_path, pages, 
     args = parse(
         ["--detector", str(tmp_path / "det.pt"), str(tmp_path / "rec.pt"), pages[0].path]
     )
-    assert run_page_command(args) == 0
+    assert read_pages(args) == 0
     with pytest.raises(ValueError, match="not a text-line detector"):
-        run_page_command(
+        read_pages(
             parse(
                 ["--detector", str(tmp_path / "rec.pt"), str(tmp_path / "rec.pt"), pages[0].path]
             )
         )
-    with pytest.raises(ValueError, match="at least one page"):
-        run_page_command(
+    with pytest.raises(CommandError, match="at least one page"):
+        read_pages(
             parse(["--detector", str(tmp_path / "det.pt"), str(tmp_path / "rec.pt")])
         )

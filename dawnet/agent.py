@@ -18,70 +18,34 @@ so gradient synchronization is never skipped.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from dawnet import parallel
-from dawnet.agent_state import (
-    AgentSnapshot,
-    PendingOptimizer,
-    agent_from_state,
-    agent_state,
-    load_agent_state,
-    register_agent_class,
-)
+from dawnet.agent_state import AgentSnapshot, AgentStateMixin, PendingOptimizer, register_agent_class
+from dawnet.batches import CPU, batch_size, describe, run_model, to_device
 from dawnet.callbacks import Callback
-from dawnet.checkpoint import load_checkpoint, save_checkpoint
+from dawnet.devices import autocast, resolve_amp, resolve_device
+from dawnet.errors import LossError, NonFiniteLossError, first_line
 from dawnet.history import History
 from dawnet.inputs import ImageInput
 from dawnet.metrics import batch_value, resolve_metrics
+from dawnet.progress import progress_bar, show_stats
 from dawnet.sampling import epoch_loader, eval_loader, num_batches
+from dawnet.totals import EvaluationState, add_total, reduce_totals
 
 __all__ = ["Agent", "AgentSnapshot", "EvaluationState", "NonFiniteLossError", "LossError"]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stopped before the weights were updated."""
-
-
-class LossError(ValueError):
-    """The loss could not be computed from the model's output and the targets."""
-
-
-class EvaluationState:
-    """What one ``Agent.evaluate`` accumulates: ``totals`` (name -> ``[total, count]``), ``batches``, ``samples``.
-
-    Agents whose metrics are not sums (detection mAP) keep their own accumulators as extra attributes
-    (``state.preds = []`` in ``evaluation_state``) and turn them into numbers in ``finish_evaluation``.
-    """
-
-    def __init__(self):
-        self.totals: dict[str, list[float]] = {}
-        self.batches = 0
-        self.samples = 0
-
-    def add(self, name: str, total: float, count: float) -> None:
-        """Add ``total`` over ``count`` items to the running sum of ``name``."""
-        entry = self.totals.get(name)
-        if entry is None:
-            self.totals[name] = [float(total), float(count)]
-        else:
-            entry[0] += total
-            entry[1] += count
-
-
-class Agent:
+class Agent(AgentStateMixin):
     """Holds learning for a plain ``nn.Module``: optimization, schedule, metrics, history, checkpoints, devices.
 
     Args:
@@ -146,7 +110,7 @@ class Agent:
         self._forward_module = model if isinstance(model, nn.DataParallel) else self.model
         if not pending:
             _check_optimizer_owns(optimizer, self.model)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device)
         self._pending = optimizer if pending else None
         self._optimizer = None if pending else optimizer
@@ -158,7 +122,7 @@ class Agent:
         self.callbacks = list(callbacks)
         self.grad_clip = grad_clip
         self.accumulate = accumulate
-        self.amp = _resolve_amp(amp, self.device)
+        self.amp = resolve_amp(amp, self.device)
         self._scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.seed = int(torch.initial_seed() % 2**62) if seed is None else int(seed)
         self.input = ImageInput(**input) if isinstance(input, dict) else input
@@ -185,7 +149,7 @@ class Agent:
             raise TypeError("the default Agent takes (inputs, targets) batches; for dict batches subclass Agent and "
                             "override unpack(batch) -> ((model inputs...), targets)")
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise TypeError(f"the default Agent takes (inputs, targets) batches, got {_describe(batch)}; subclass "
+            raise TypeError(f"the default Agent takes (inputs, targets) batches, got {describe(batch)}; subclass "
                             "Agent and override unpack() for other batch structures")
         return (batch[0],), batch[1]
 
@@ -211,7 +175,7 @@ class Agent:
     def postprocess(self, outputs, inputs=()):
         """The answer ``infer`` returns for the model's outputs (``inputs``: what :meth:`prepare` gave the model).
         Default: the outputs, on the CPU."""
-        return _to_device(outputs, _CPU)
+        return to_device(outputs, CPU)
 
     def config(self) -> dict:
         """JSON-able keyword arguments that rebuild this agent with its model, optimizer and schedule.
@@ -238,7 +202,7 @@ class Agent:
         module = self._train_module()
         if not self.model.training:
             self.model.train()
-        inputs, targets = self.unpack(_to_device(batch, self.device))
+        inputs, targets = self.unpack(to_device(batch, self.device))
         # the last micro-batch of an epoch closes the accumulation window (and syncs gradients under DDP)
         final = self._micro + 1 >= self.accumulate or (
             self._epoch_len is not None and self.batch_in_epoch + 1 >= self._epoch_len)
@@ -247,14 +211,14 @@ class Agent:
                 outputs, value = self._forward_backward(module, inputs, targets)
         else:  # the common case enters no context at all: at a millisecond a step, each one shows
             outputs, value = self._forward_backward(module, inputs, targets)
-        size = _batch_size(inputs)
+        size = batch_size(inputs)
         self._micro += 1
         window = self._window
         window[0] += value
         window[1] += 1
         window[2] += size
         self.samples += size
-        _add(self._epoch_totals, "loss", value * size, size)
+        add_total(self._epoch_totals, "loss", value * size, size)
         if self.train_metrics and self.metrics:
             with torch.no_grad():
                 self._update_metrics(self.predict(outputs, inputs), targets, size, self._epoch_totals)
@@ -266,10 +230,10 @@ class Agent:
     def _forward_backward(self, module: nn.Module, inputs: tuple, targets) -> tuple[Any, float]:
         if self.amp:
             with self._autocast():
-                outputs = _run_model(module, inputs)
+                outputs = run_model(module, inputs)
                 loss = self._loss(outputs, targets)
         else:
-            outputs = _run_model(module, inputs)
+            outputs = run_model(module, inputs)
             loss = self._loss(outputs, targets)
         value = loss.item()  # the one sync a step needs: the finite check and the history read it
         if not math.isfinite(value):
@@ -358,13 +322,13 @@ class Agent:
                 data = epoch_loader(train, self.epoch, self.seed, self.batch_in_epoch, rank, world)
                 remaining = num_batches(data)
                 self._epoch_len = None if remaining is None else self.batch_in_epoch + remaining
-                bar = _progress(self._epoch_len, self.epoch, self.batch_in_epoch, show)
+                bar = progress_bar(self._epoch_len, self.epoch, self.batch_in_epoch, show)
                 for batch in data:
                     stats = self.learn(batch)
                     self.batch_in_epoch += 1
                     if bar is not None:
                         bar.update()
-                        _show_stats(bar, stats, self.history)
+                        show_stats(bar, stats, self.history)
                     if stats["stepped"] and (self._done(None, steps) or self.stop_training):
                         break
                 if bar is not None:
@@ -382,7 +346,7 @@ class Agent:
     def _end_epoch(self, val) -> None:
         if self._micro:  # data without a length: the partial accumulation window still takes its step
             self._optimizer_step()
-        values = self._reduce_totals(self._epoch_totals)
+        values = reduce_totals(self._epoch_totals)
         record = {"epoch": self.epoch + 1, "step": self.step, "time": self.elapsed + time.perf_counter() -
                   self._session_start}
         record.update({f"train_{k}" if k != "loss" else "loss": v for k, v in values.items()})
@@ -409,8 +373,8 @@ class Agent:
         try:
             with torch.no_grad(), self._autocast():
                 for batch in eval_loader(data, parallel.rank(), parallel.world_size()):
-                    inputs, targets = self.unpack(_to_device(batch, self.device))
-                    outputs = _run_model(self._forward_module, inputs)
+                    inputs, targets = self.unpack(to_device(batch, self.device))
+                    outputs = run_model(self._forward_module, inputs)
                     state.batches += 1
                     self.update_evaluation(state, outputs, targets, inputs)
         finally:
@@ -427,7 +391,7 @@ class Agent:
     def update_evaluation(self, state: EvaluationState, outputs, targets, inputs: tuple) -> None:
         """Add one batch to ``state`` (eval mode, no gradients): the loss times the batch size, and each metric's
         ``(total, count)``."""
-        size = _batch_size(inputs)
+        size = batch_size(inputs)
         state.samples += size
         if self.loss is not None or type(self).compute_loss is not Agent.compute_loss:
             state.add("loss", float(self._loss(outputs, targets)) * size, size)
@@ -436,7 +400,7 @@ class Agent:
 
     def finish_evaluation(self, state: EvaluationState) -> dict[str, float]:
         """The results of one :meth:`evaluate`, on every rank: ``{name: total / count}`` summed over DDP ranks."""
-        return self._reduce_totals(state.totals)
+        return reduce_totals(state.totals)
 
     @torch.no_grad()
     def infer(self, x):
@@ -445,47 +409,15 @@ class Agent:
         ``prepare`` turns it into inputs, the model runs in eval mode (its mode is restored) and
         ``postprocess`` turns the outputs into the answer.
         """
-        inputs = _to_device(self.prepare(x), self.device)
+        inputs = to_device(self.prepare(x), self.device)
         was_training = self.model.training
         self.model.eval()
         try:
             with self._autocast():
-                outputs = _run_model(self._forward_module, inputs)
+                outputs = run_model(self._forward_module, inputs)
         finally:
             self.model.train(was_training)
         return self.postprocess(outputs, inputs)
-
-    # -- state and checkpoints ---------------------------------------------------------------------
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        """The optimizer. A loaded agent builds it on first use: building any torch optimizer imports
-        torch._dynamo (seconds), which inference never needs."""
-        if self._pending is not None:
-            self._build_pending()
-        return self._optimizer
-
-    @optimizer.setter
-    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        self._pending = None
-        self._optimizer = optimizer
-
-    @property
-    def schedule(self):
-        """The LR schedule (None: constant LR), stepped once per optimizer step."""
-        if self._pending is not None:
-            self._build_pending()
-        return self._schedule
-
-    @schedule.setter
-    def schedule(self, schedule) -> None:
-        if self._pending is not None:
-            self._build_pending()
-        self._schedule = schedule
-
-    def _build_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        self._optimizer, self._schedule = pending.build()
 
     @property
     def lr(self) -> float:
@@ -499,56 +431,6 @@ class Agent:
         if "betas" in group:
             return float(group["betas"][0])
         return float(group["momentum"]) if "momentum" in group else None
-
-    def state_dict(self) -> dict:
-        """Everything needed to resume or infer, as tensors and plain data (the checkpoint's content).
-
-        Tensors are the live ones (as ``nn.Module.state_dict``): deep-copy the result, or use :meth:`snapshot`.
-        """
-        return agent_state(self)
-
-    def load_state_dict(self, state: dict, *, restore_rng: bool = True) -> None:
-        """Restore a state from :meth:`state_dict` into this agent (weights, optimizer, schedule, progress, RNG)."""
-        load_agent_state(self, state, restore_rng=restore_rng)
-
-    def snapshot(self) -> AgentSnapshot:
-        """An in-memory copy of everything ``learn``/``fit`` change, for :meth:`restore` (e.g. around an LR test)."""
-        return AgentSnapshot(self)
-
-    def restore(self, snapshot: AgentSnapshot) -> None:
-        """Put back exactly what :meth:`snapshot` copied: weights, gradients, modes, optimizer, schedule,
-        callbacks, history, counters and RNG; an unfinished accumulation window is discarded."""
-        snapshot.restore(self)
-
-    def save(self, path: str | Path) -> Path | None:
-        """Write a checkpoint atomically. Under DDP only rank 0 writes (returns None elsewhere).
-
-        Non-finite weights are refused, so a diverged run never overwrites a good checkpoint.
-        """
-        if not parallel.is_main_process():
-            return None
-        for name, p in self.model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise NonFiniteLossError(f"refusing to save: parameter {name!r} holds NaN/inf values; the previous "
-                                         f"checkpoint at {path} is kept")
-        return save_checkpoint(self.state_dict(), path)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location=None, *, model: nn.Module | None = None, loss=None,
-             metrics=None, callbacks: Iterable[Callback] = (), trust_code: bool = False,
-             restore_rng: bool = True) -> Agent:
-        """Rebuild an agent from a checkpoint: model (from the registry), optimizer, schedule, history, progress.
-
-        ``map_location`` is the device to load onto (default: ``"auto"``). Pass ``model=`` to load the weights
-        into a model you built, and ``loss=``/``metrics=`` when the checkpoint could not store yours. Nothing the
-        checkpoint names is imported or called unless it is on the allowlist of its role (see
-        :mod:`dawnet.agent_state`); ``trust_code=True`` also allows code outside dawnet and torch.
-        """
-        state = load_checkpoint(path, map_location="cpu")
-        source = str(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", None) or "checkpoint"
-        return agent_from_state(cls, state, source, map_location=map_location,
-                                model=model, loss=loss, metrics=metrics, callbacks=callbacks,
-                                trust_code=trust_code, restore_rng=restore_rng)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -569,10 +451,7 @@ class Agent:
         return self._ddp
 
     def _autocast(self):
-        if not self.amp:
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.amp, self.device)
 
     def _loss(self, outputs, targets) -> torch.Tensor:
         try:
@@ -582,36 +461,21 @@ class Agent:
                 raise
             name = type(self.loss).__name__ if self.loss is not None else f"{type(self).__name__}.compute_loss"
             raise LossError(
-                f"{name} failed on model output {_describe(outputs)} and targets {_describe(targets)}: "
-                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}. The model's output must "
+                f"{name} failed on model output {describe(outputs)} and targets {describe(targets)}: "
+                f"{first_line(e)}. The model's output must "
                 "fit the loss (e.g. CrossEntropyLoss takes (N, C) scores and (N,) class indices)"
             ) from e
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise LossError(f"the loss must be a scalar tensor, got {_describe(loss)}; reduce it (e.g. mean)")
+            raise LossError(f"the loss must be a scalar tensor, got {describe(loss)}; reduce it (e.g. mean)")
         return loss.reshape(()) if loss.dim() else loss
 
     def _update_metrics(self, predictions, targets, size: int, totals: dict) -> None:
         for name, metric in self.metrics.items():
             total, count = batch_value(metric, predictions, targets, size)
-            _add(totals, name, total, count)
-
-    def _reduce_totals(self, totals: dict[str, list[float]]) -> dict[str, float]:
-        names = sorted(totals)
-        flat = parallel.all_reduce_sum([x for n in names for x in totals[n]])
-        return {n: (flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] else float("nan")) for i, n in enumerate(names)}
+            add_total(totals, name, total, count)
 
     def _done(self, epochs: int | None, steps: int | None) -> bool:
         return (epochs is not None and self.epoch >= epochs) or (steps is not None and self.step >= steps)
-
-    def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
-        """Callbacks keyed for checkpoints: their ``name`` attribute, else class name and rank among that class."""
-        seen: dict[str, int] = {}
-        out = []
-        for cb in self.callbacks:
-            base = getattr(cb, "name", None) or type(cb).__name__
-            seen[base] = seen.get(base, -1) + 1
-            out.append((base if seen[base] == 0 else f"{base}#{seen[base]}", cb))
-        return out
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -625,32 +489,6 @@ class Agent:
 
 # -- helpers ----------------------------------------------------------------------------------------
 
-_CPU = torch.device("cpu")
-
-
-def _resolve_device(device) -> torch.device:
-    if device == "auto" or device is None:
-        if torch.cuda.is_available():
-            local = int(__import__("os").environ.get("LOCAL_RANK", "0"))
-            return torch.device("cuda", local % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but CUDA is not available; use device='cpu' or 'auto'")
-    return device
-
-
-def _resolve_amp(amp, device: torch.device) -> str | None:
-    if amp in (False, None):
-        return None
-    if amp is True:
-        return "fp16" if device.type == "cuda" else "bf16"
-    if amp not in ("fp16", "bf16"):
-        raise ValueError(f"amp must be False, True, 'fp16' or 'bf16', got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp='fp16' needs CUDA; on the CPU use amp='bf16'")
-    return amp
-
 
 def _check_optimizer_owns(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     own = {id(p) for p in model.parameters()}
@@ -659,88 +497,6 @@ def _check_optimizer_owns(optimizer: torch.optim.Optimizer, model: nn.Module) ->
             if id(p) not in own:
                 raise ValueError("the optimizer holds parameters that are not the model's: build the optimizer over "
                                  "model.parameters() of this model (after any rebuilding or surgery)")
-
-
-def _to_device(obj, device: torch.device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=obj.is_pinned()) if obj.device != device else obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_to_device(o, device) for o in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(o, device) for o in obj)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _run_model(module: nn.Module, inputs: tuple):
-    try:
-        return module(*inputs)
-    except (RuntimeError, ValueError, TypeError) as e:
-        if hasattr(e, "add_note"):
-            e.add_note(f"dawnet: the model was called with inputs {_describe(inputs)}")
-        raise
-
-
-def _batch_size(inputs) -> int:
-    if type(inputs) is tuple and inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim():
-        return inputs[0].shape[0]  # the usual (x, ...) tuple, without the general walk below
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0]) if inputs.dim() else 1
-    if isinstance(inputs, (list, tuple)):
-        for item in inputs:
-            size = _batch_size(item)
-            if size:
-                return size
-        return len(inputs)
-    if isinstance(inputs, Mapping):
-        return _batch_size(list(inputs.values()))
-    return 0
-
-
-def _describe(obj) -> str:
-    if isinstance(obj, torch.Tensor):
-        return f"tensor{tuple(obj.shape)} {str(obj.dtype).replace('torch.', '')}"
-    if isinstance(obj, (list, tuple)):
-        inner = ", ".join(_describe(o) for o in obj[:4]) + (", ..." if len(obj) > 4 else "")
-        return f"({inner})" if isinstance(obj, tuple) else f"[{inner}]"
-    if isinstance(obj, Mapping):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in list(obj.items())[:4]) + "}"
-    return type(obj).__name__
-
-
-def _add(totals: dict, name: str, total: float, count: float) -> None:
-    entry = totals.get(name)
-    if entry is None:
-        totals[name] = [float(total), float(count)]
-    else:
-        entry[0] += total
-        entry[1] += count
-
-
-def _progress(total: int | None, epoch: int, start: int, show: bool):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}",
-                unit="batch", dynamic_ncols=True, leave=True)
-
-
-def _show_stats(bar, stats: dict, history: History) -> None:
-    now = time.monotonic()
-    if now - getattr(bar, "_dawnet_shown", 0.0) < 0.5:  # formatting the postfix costs; refresh twice a second
-        return
-    bar._dawnet_shown = now
-    post = {"loss": f"{stats['loss']:.4g}", "lr": f"{stats['lr']:.3g}"}
-    speed = history.last("samples_per_s")
-    if speed:
-        post["samples/s"] = f"{speed:.0f}"
-    if history.epochs:
-        for key, value in history.epochs[-1].items():
-            if key.startswith("val_"):
-                post[key] = f"{value:.4g}"
-    bar.set_postfix(post, refresh=False)
 
 
 def _positional_count(fn) -> int:

@@ -1,57 +1,49 @@
 """An Agent as a checkpoint and back, without running anything the checkpoint merely names.
 
 :func:`agent_state` turns an agent into plain data and tensors (what ``Agent.state_dict`` returns and
-``Agent.save`` writes); :func:`agent_from_state` rebuilds one (``Agent.load``). A checkpoint names classes
-(agent, model, optimizer, schedule, loss) and metrics; each name is looked up in an allowlist for its role
-before anything is imported or called, and every keyword argument must be plain data:
-
-==========  ==========================================================================================
-role        allowed
-==========  ==========================================================================================
-agent       ``dawnet.Agent`` and its subclasses: dawnet's own, and those already defined in this process
-model       models registered with ``@dawnet.register_model`` (dawnet's presets are imported on demand)
-optimizer   ``torch.optim`` optimizers
-schedule    ``torch.optim.lr_scheduler`` schedulers and ``dawnet.training`` schedules
-loss        ``torch.nn`` loss modules (``torch.nn.modules.loss``) and ``torch.nn.functional`` losses
-metrics     names in dawnet's metric table (``dawnet.metrics``)
-==========  ==========================================================================================
-
-``trust_code=True`` also allows code outside torch and dawnet (the user's own modules, imported by name);
-nothing else inside torch or dawnet ever becomes callable. Anything refused raises :class:`CheckpointError`
-naming the file, the role and the fix. :class:`AgentSnapshot` is an in-memory copy of the same state.
+``Agent.save`` writes); :func:`agent_from_state` rebuilds one (``Agent.load``) from the objects
+:func:`dawnet.allowlist.check_state` resolved, after every name passed its role's allowlist (the table is in
+:mod:`dawnet.allowlist`). :class:`AgentSnapshot` is an in-memory copy of the same state.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import inspect
+import os
 import random
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dawnet.checkpoint import FORMAT, VERSION, CheckpointError, is_plain, load_model_weights
-from dawnet.metrics import METRICS, TASK_METRICS, lookup_metric, metric_names
+from dawnet import parallel
+from dawnet.allowlist import Missing, allowed, check_state, qualname, register_agent_class
+from dawnet.callbacks import keyed_callbacks
+from dawnet.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    is_plain,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
+from dawnet.errors import NonFiniteLossError, first_line
+from dawnet.metrics import metric_names
 from dawnet.registry import UnknownModelError, build_model, check_json_spec, model_spec
 
+if TYPE_CHECKING:
+    from dawnet.agent import Agent
+    from dawnet.callbacks import Callback
+
 __all__ = ["agent_state", "load_agent_state", "agent_from_state", "check_state", "allowed", "PendingOptimizer",
-           "register_agent_class", "AgentSnapshot", "Missing"]
-
-_AGENT_CLASSES: dict[str, type] = {}  # "module.QualName" -> Agent class, filled as Agent subclasses are defined
-_AGENT_MODULES = ("dawnet.ocr.agents", "dawnet.ocr.detection")  # dawnet modules that define agents
-_UNSTORABLE_SCHEDULES = ("LambdaLR", "MultiplicativeLR", "SequentialLR", "ChainedScheduler")
-_LOSS_FUNCTIONS = ("cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div")
-
-
-def register_agent_class(cls: type) -> None:
-    """Make an Agent class loadable by name (``Agent.__init_subclass__`` calls this for every subclass)."""
-    _AGENT_CLASSES[_qualname(cls)] = cls
+           "register_agent_class", "AgentSnapshot", "AgentStateMixin", "Missing"]
 
 
 class _ModelNotFound(CheckpointError, UnknownModelError):
@@ -73,11 +65,11 @@ def agent_state(agent) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "dawnet_version": dawnet.__version__,
-        "agent": {"class": _qualname(type(agent)), "kind": agent.kind, "config": agent.config()},
-        "model": {"spec": spec, "class": _qualname(type(agent.model)), "state_dict": agent.model.state_dict()},
+        "agent": {"class": qualname(type(agent)), "kind": agent.kind, "config": agent.config()},
+        "model": {"spec": spec, "class": qualname(type(agent.model)), "state_dict": agent.model.state_dict()},
         "optimizer": _optimizer_state(agent.optimizer, agent.model),
         "schedule": None if schedule is None else {
-            "class": _qualname(type(schedule)), "state_dict": _plain(schedule.state_dict())},
+            "class": qualname(type(schedule)), "state_dict": _plain(schedule.state_dict())},
         "scaler": None if agent._scaler is None else agent._scaler.state_dict(),
         "loss": _loss_spec(agent.loss),
         "metrics": metric_names(agent.metrics),
@@ -88,7 +80,8 @@ def agent_state(agent) -> dict:
             "epoch_totals": {k: list(v) for k, v in agent._epoch_totals.items()},
         },
         "rng": _rng_state(),
-        "callbacks": {key: cb.state_dict() for key, cb in agent._keyed_callbacks() if hasattr(cb, "state_dict")},
+        "callbacks": {key: cb.state_dict() for key, cb in keyed_callbacks(agent.callbacks)
+                      if hasattr(cb, "state_dict")},
     }
 
 
@@ -113,266 +106,12 @@ def load_agent_state(agent, state: dict, *, restore_rng: bool = True, optimizer:
     agent.elapsed = progress["elapsed"]
     agent._epoch_totals = {k: list(v) for k, v in progress.get("epoch_totals", {}).items()}
     saved_callbacks = state.get("callbacks", {})
-    for key, cb in agent._keyed_callbacks():
+    for key, cb in keyed_callbacks(agent.callbacks):
         saved = saved_callbacks.get(key)
         if saved is not None and hasattr(cb, "load_state_dict"):
             cb.load_state_dict(saved)
     if restore_rng:
         _set_rng_state(state["rng"])
-
-
-# -- checking a checkpoint before anything is built -----------------------------------------------------
-
-
-def check_state(state: dict, source: str, *, trust_code: bool = False, model: bool = True, loss: bool = True,
-                metrics: bool = True) -> dict[str, Any]:
-    """Check a checkpoint's structure, its keyword arguments and every name it holds, importing nothing it names.
-
-    Returns the resolved objects by role (``agent``, ``optimizer``, ``schedule``, ``loss``, ``metrics``;
-    ``model`` is resolved by the registry when it is built). ``model``/``loss``/``metrics`` False: the caller
-    brings its own, so the checkpoint's are not resolved. Raises :class:`CheckpointError`.
-    """
-    bad = functools.partial(_refuse, source)
-    _check_structure(state, bad)
-    agent_part, model_part, opt, sched, loss_spec = (state["agent"], state["model"], state["optimizer"],
-                                                     state["schedule"], state["loss"])
-    if not is_plain(agent_part["config"]):
-        bad("agent settings", "hold values other than plain data (numbers, strings, lists, dicts)",
-            "use a checkpoint written by Agent.save")
-    if not is_plain(opt["defaults"], tensors=True):
-        bad("optimizer settings", "hold values other than plain data", "use a checkpoint written by Agent.save")
-    spec = model_part["spec"]
-    if model and spec is not None and not is_plain(spec.get("kwargs", {})):
-        bad("model arguments", "hold values other than plain data", "pass model= to Agent.load")
-    if loss and loss_spec is not None and loss_spec["kind"] == "module" and not (
-            is_plain(loss_spec.get("kwargs", {})) and is_plain(loss_spec.get("tensors", {}), tensors=True)):
-        bad("loss arguments", "hold values other than plain data and tensors", "pass loss= to Agent.load")
-    out: dict[str, Any] = {"agent": _resolve_agent(agent_part["class"], trust_code, bad)}
-    out["optimizer"] = _resolve(opt["class"], "optimizer", allowed("optimizer"), torch.optim.Optimizer,
-                                trust_code, bad, "use a torch.optim optimizer, or pass trust_code=True if the "
-                                "checkpoint comes from code you trust")
-    out["schedule"] = None if sched is None else _resolve_schedule(sched["class"], trust_code, bad)
-    out["loss"] = _resolve_loss(loss_spec, trust_code, bad) if loss else None
-    out["metrics"] = _resolve_metrics(state["metrics"], source, trust_code) if metrics else None
-    if model and spec is not None:
-        _check_model_spec(spec, trust_code, bad)
-    return out
-
-
-@functools.cache
-def _allowed(role: str) -> dict[str, Any]:
-    if role == "optimizer":
-        found = [c for c in vars(torch.optim).values()
-                 if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer]
-    elif role == "schedule":
-        from torch.optim import lr_scheduler
-
-        from dawnet.training import lr_finder, schedules
-
-        found = [c for m in (lr_scheduler, schedules, lr_finder) for n, c in vars(m).items()
-                 if inspect.isclass(c) and not n.startswith("_") and c.__module__ == m.__name__
-                 and (issubclass(c, lr_scheduler.LRScheduler) or c is lr_scheduler.ReduceLROnPlateau)
-                 and c is not lr_scheduler.LRScheduler]
-    elif role == "loss":
-        from torch.nn.modules import loss as losses
-
-        found = [c for n, c in vars(losses).items() if inspect.isclass(c) and not n.startswith("_")
-                 and issubclass(c, nn.Module) and c.__module__ == losses.__name__]
-    elif role == "loss function":
-        import torch.nn.functional as F
-
-        found = [getattr(F, n) for n in dir(F) if n.endswith("_loss") or n in _LOSS_FUNCTIONS]
-        found = [f for f in found if inspect.isfunction(f)]
-    else:
-        raise ValueError(f"unknown role {role!r}; roles: optimizer, schedule, loss, loss function")
-    return {_qualname(c): c for c in found}
-
-
-def allowed(role: str) -> frozenset[str]:
-    """The qualified names a checkpoint may give for ``role`` (``optimizer``, ``schedule``, ``loss``,
-    ``loss function``, ``agent``), without ``trust_code``."""
-    if role == "agent":
-        return frozenset(_AGENT_CLASSES)
-    return frozenset(_allowed(role))
-
-
-def _resolve(name: str, role: str, table: frozenset[str], base: type | None, trust_code: bool, bad,
-             fix: str):
-    if name in table:
-        return _allowed(role)[name]
-    if trust_code and not _inside_torch_or_dawnet(name):
-        obj = _import_user_object(name, role, bad)
-        if base is not None and not (inspect.isclass(obj) and issubclass(obj, base)):
-            bad(role, f"is {name}, which is not a {base.__module__}.{base.__qualname__} subclass",
-                "use a checkpoint written by Agent.save")
-        return obj
-    where = "inside torch or dawnet but not allowed for this role" if _inside_torch_or_dawnet(name) else \
-        "outside torch and dawnet"
-    bad(role, f"is {name}, {where}", fix)
-
-
-def _resolve_agent(name: str, trust_code: bool, bad) -> type:
-    if name not in _AGENT_CLASSES:
-        module = name.rpartition(".")[0]
-        if module in _AGENT_MODULES:  # dawnet's own agents register when their module is imported
-            importlib.import_module(module)
-    if name in _AGENT_CLASSES:
-        return _AGENT_CLASSES[name]
-    if trust_code and not _inside_torch_or_dawnet(name):
-        obj = _import_user_object(name, "agent class", bad)
-        if inspect.isclass(obj) and _qualname(obj) in _AGENT_CLASSES:
-            return obj
-        bad("agent class", f"is {name}, which is not a dawnet.Agent subclass", "use a checkpoint written by "
-            "Agent.save")
-    bad("agent class", f"is {name}, which is not a dawnet.Agent class defined in this process",
-        "import the module that defines it before loading, or pass trust_code=True (only for code you trust)")
-
-
-def _resolve_schedule(name: str, trust_code: bool, bad):
-    if name.rpartition(".")[2] in _UNSTORABLE_SCHEDULES and name.startswith("torch.optim.lr_scheduler."):
-        cls = name.rpartition(".")[2]
-        bad("LR schedule", f"is a {cls}: a {cls} holds functions or other schedules that cannot be stored",
-            "use a serializable schedule (dawnet.training) or rebuild it yourself and call "
-            "schedule.load_state_dict(state['schedule']['state_dict'])")
-    from torch.optim.lr_scheduler import LRScheduler
-
-    return _resolve(name, "schedule", allowed("schedule"), LRScheduler, trust_code, bad,
-                    "use a torch.optim.lr_scheduler or dawnet.training schedule, or pass trust_code=True")
-
-
-def _resolve_loss(spec: dict | None, trust_code: bool, bad):
-    if spec is None or spec["kind"] == "custom":
-        return None
-    if spec["kind"] == "module":
-        return _resolve(spec["class"], "loss", allowed("loss"), nn.Module, trust_code, bad,
-                        "use a torch.nn loss module, or pass loss= to Agent.load")
-    return _resolve(spec["name"], "loss function", allowed("loss function"), None, False, bad,
-                    "use a torch.nn.functional loss, or pass loss= to Agent.load")
-
-
-def _resolve_metrics(names: dict, source: str, trust_code: bool) -> dict:
-    out = {}
-    for name, stored in names.items():
-        found = None if stored is None else lookup_metric(stored)
-        if found is None and stored is not None and _inside_torch_or_dawnet(stored):
-            _refuse(source, "metric", f"{name!r} is {stored}, which is not in dawnet's metric table",
-                    f"use one of {', '.join([*METRICS, *TASK_METRICS])}, or pass metrics= to Agent.load")
-        if found is None and stored is not None and trust_code and ":" in stored and \
-                not _inside_torch_or_dawnet(stored.partition(":")[0]):
-            found = _import_user_object(stored.replace(":", "."), "metric",
-                                        functools.partial(_refuse, source))
-        out[name] = found if found is not None else Missing(
-            f"metric {name!r} ({stored}) is not stored in checkpoint {source} as a metric dawnet knows: "
-            "pass metrics= to Agent.load")
-    return out
-
-
-def _check_model_spec(spec: dict, trust_code: bool, bad) -> None:
-    name, module = spec["name"], spec.get("module")
-    if ":" in name and (not trust_code or _inside_torch_or_dawnet(name.partition(":")[0])):
-        bad("model", f"is {name}, a factory path", "pass model= to Agent.load, or trust_code=True for your own code")
-    if module is not None and _inside_torch_or_dawnet(module) and not (module == "dawnet" or
-                                                                       module.startswith("dawnet.")):
-        bad("model", f"names module {module}, inside torch", "pass model= to Agent.load")
-
-
-def _check_structure(state: dict, bad) -> None:
-    def need(obj, key, types, what):
-        if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], types):
-            bad(what, "is missing or damaged", "use an earlier checkpoint")
-        return obj[key]
-
-    agent = need(state, "agent", dict, "agent")
-    need(agent, "class", str, "agent class")
-    need(agent, "config", dict, "agent settings")
-    model = need(state, "model", dict, "model")
-    need(model, "class", str, "model class")
-    weights = need(model, "state_dict", dict, "model weights")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
-        bad("model weights", "hold entries other than named tensors", "use an earlier checkpoint")
-    spec = need(model, "spec", (dict, type(None)), "model spec")
-    if spec is not None:
-        need(spec, "name", str, "model name")
-        if not isinstance(spec.get("kwargs", {}), dict) or not isinstance(spec.get("module"), (str, type(None))):
-            bad("model spec", "is damaged", "use an earlier checkpoint, or pass model= to Agent.load")
-    opt = need(state, "optimizer", dict, "optimizer")
-    need(opt, "class", str, "optimizer class")
-    need(opt, "defaults", dict, "optimizer settings")
-    need(opt, "state_dict", dict, "optimizer state")
-    groups = need(opt, "groups", list, "optimizer parameter groups")
-    if not all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in groups):
-        bad("optimizer parameter groups", "are damaged", "use an earlier checkpoint")
-    schedule = need(state, "schedule", (dict, type(None)), "LR schedule")
-    if schedule is not None:
-        need(schedule, "class", str, "LR schedule class")
-        need(schedule, "state_dict", dict, "LR schedule state")
-    need(state, "scaler", (dict, type(None)), "gradient scaler")
-    loss = need(state, "loss", (dict, type(None)), "loss")
-    if loss is not None:
-        kind = need(loss, "kind", str, "loss")
-        if kind not in ("module", "function", "custom"):
-            bad("loss", f"has an unknown kind {kind!r}", "use an earlier checkpoint")
-        need(loss, "class" if kind == "module" else "name", str, "loss")
-        if kind == "module":
-            need(loss, "kwargs", dict, "loss arguments")
-            need(loss, "tensors", dict, "loss arguments")
-    metrics = need(state, "metrics", dict, "metrics")
-    if not all(isinstance(k, str) and isinstance(v, (str, type(None))) for k, v in metrics.items()):
-        bad("metrics", "are damaged", "use an earlier checkpoint")
-    history = need(state, "history", dict, "history")
-    for level in ("steps", "epochs"):
-        records = history.get(level, [])
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            bad("history", "is damaged", "use an earlier checkpoint")
-    progress = need(state, "progress", dict, "progress")
-    for key in ("epoch", "step", "batch_in_epoch", "samples"):
-        if isinstance(progress.get(key), bool) or not isinstance(progress.get(key), int) or progress[key] < 0:
-            bad("progress", f"({key}) is damaged", "use an earlier checkpoint")
-    if not isinstance(progress.get("elapsed"), (int, float)):
-        bad("progress", "(elapsed) is damaged", "use an earlier checkpoint")
-    totals = progress.get("epoch_totals", {})
-    if not isinstance(totals, dict) or not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in totals.values()):
-        bad("progress", "(epoch totals) is damaged", "use an earlier checkpoint")
-    _check_rng(need(state, "rng", dict, "RNG state"), bad)
-    need(state, "callbacks", dict, "callback states")
-
-
-def _check_rng(rng: dict, bad) -> None:
-    numpy_state = rng.get("numpy")
-    ok = (isinstance(rng.get("python"), (list, tuple)) and isinstance(rng.get("torch"), torch.Tensor)
-          and rng["torch"].dtype == torch.uint8 and isinstance(rng.get("cuda"), list)
-          and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in rng["cuda"])
-          and isinstance(numpy_state, dict) and isinstance(numpy_state.get("keys"), torch.Tensor)
-          and numpy_state["keys"].numel() == 624 and isinstance(numpy_state.get("name"), str)
-          and all(isinstance(numpy_state.get(k), int) for k in ("pos", "has_gauss"))
-          and isinstance(numpy_state.get("cached_gaussian"), float))
-    if not ok:
-        bad("RNG state", "is damaged", "use an earlier checkpoint, or Agent.load(..., restore_rng=False)")
-
-
-def _refuse(source: str, role: str, problem: str, fix: str):
-    raise CheckpointError(f"checkpoint {source}: the {role} {problem}; {fix}")
-
-
-def _inside_torch_or_dawnet(name: str) -> bool:
-    return name.split(".")[0].split(":")[0] in ("torch", "dawnet")
-
-
-def _import_user_object(name: str, role: str, bad):
-    """Import ``package.module.Attr`` (code outside torch/dawnet, with the caller's trust_code consent)."""
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:cut])
-        try:
-            obj = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        try:
-            return functools.reduce(getattr, parts[cut:], obj)
-        except AttributeError:
-            bad(role, f"is {name}, but {module_name!r} has no {'.'.join(parts[cut:])!r}",
-                "use the code the checkpoint was saved with")
-    bad(role, f"is {name}, whose module cannot be imported", "put the module that defines it on sys.path")
 
 
 # -- rebuilding an agent -------------------------------------------------------------------------------
@@ -382,8 +121,6 @@ def agent_from_state(requested: type, state: dict, source: str, *, map_location=
                      loss=None, metrics=None, callbacks: Iterable = (), trust_code: bool = False,
                      restore_rng: bool = True):
     """The agent a checkpoint's state describes (``Agent.load`` after reading the file); see the module doc."""
-    from dawnet import parallel
-
     found = check_state(state, source, trust_code=trust_code, model=model is None, loss=loss is None,
                         metrics=metrics is None)
     agent_cls = found["agent"]
@@ -402,7 +139,7 @@ def agent_from_state(requested: type, state: dict, source: str, *, map_location=
             raise _ModelNotFound(f"checkpoint {source}: {e}") from None
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {source}: model {spec['name']!r} cannot be built from the stored "
-                                  f"arguments ({_first_line(e)}); pass model= to Agent.load") from e
+                                  f"arguments ({first_line(e)}); pass model= to Agent.load") from e
     plain_model = parallel.unwrap(model)
     load_model_weights(plain_model, state["model"]["state_dict"], source=source)
     _check_optimizer_state(state["optimizer"], plain_model, source)
@@ -420,7 +157,7 @@ def agent_from_state(requested: type, state: dict, source: str, *, map_location=
     except CheckpointError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {source} does not rebuild a {agent_cls.__name__}: {_first_line(e)}. "
+        raise CheckpointError(f"checkpoint {source} does not rebuild a {agent_cls.__name__}: {first_line(e)}. "
                               "Use an earlier checkpoint, or one written by this dawnet version") from e
     return agent
 
@@ -450,7 +187,7 @@ class PendingOptimizer:
             raise
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {source}: its {optimizer_cls.__name__} state cannot be restored "
-                                  f"({_first_line(e)}); use an earlier checkpoint") from e
+                                  f"({first_line(e)}); use an earlier checkpoint") from e
         return optimizer, schedule
 
 
@@ -474,7 +211,7 @@ def _check_optimizer_state(saved: dict, model: nn.Module, source: str) -> None:
 def _optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     return {
-        "class": _qualname(type(optimizer)),
+        "class": qualname(type(optimizer)),
         "defaults": _plain(optimizer.defaults),
         "groups": [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups],
         "state_dict": optimizer.state_dict(),
@@ -524,7 +261,7 @@ def _loss_spec(loss) -> dict | None:
     if loss is None:
         return None
     cls = type(loss)
-    if isinstance(loss, nn.Module) and _qualname(cls) in allowed("loss"):
+    if isinstance(loss, nn.Module) and qualname(cls) in allowed("loss"):
         kwargs, tensors = {}, {}
         for name in inspect.signature(cls.__init__).parameters:
             if name in ("self", "size_average", "reduce") or not hasattr(loss, name):
@@ -534,9 +271,9 @@ def _loss_spec(loss) -> dict | None:
                 tensors[name] = value.detach().cpu()
             elif value is None or isinstance(value, (bool, int, float, str)):
                 kwargs[name] = value
-        return {"kind": "module", "class": _qualname(cls), "kwargs": kwargs, "tensors": tensors}
+        return {"kind": "module", "class": qualname(cls), "kwargs": kwargs, "tensors": tensors}
     named = hasattr(loss, "__qualname__") and not isinstance(loss, nn.Module)
-    name = f"{loss.__module__}.{loss.__qualname__}" if named else _qualname(cls)
+    name = f"{loss.__module__}.{loss.__qualname__}" if named else qualname(cls)
     if named and name in allowed("loss function"):
         return {"kind": "function", "name": name}
     return {"kind": "custom", "name": name}
@@ -556,16 +293,6 @@ def _build_loss(found, spec: dict | None, source: str):
                                   "loss= to Agent.load")
         return found(**given)
     return Missing(f"the loss ({spec['name']}) is not stored in checkpoint {source}: pass loss= to Agent.load")
-
-
-class Missing:
-    """Stands in for a loss or metric a checkpoint could not store; calling it explains what to do."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-    def __call__(self, *args, **kwargs):
-        raise ValueError(self.message)
 
 
 def _plain(obj):
@@ -604,15 +331,6 @@ def _tuples(obj):
     return tuple(_tuples(o) for o in obj) if isinstance(obj, (list, tuple)) else obj
 
 
-def _qualname(cls) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 # -- snapshots -----------------------------------------------------------------------------------------
 
 
@@ -649,3 +367,92 @@ class AgentSnapshot:
             module.training = mode
         for p, g in zip(agent.model.parameters(), self.grads):
             p.grad = g
+
+
+# -- the Agent's own state methods -----------------------------------------------------------------------
+
+
+class AgentStateMixin:
+    """The :class:`dawnet.Agent` methods that turn it into a checkpoint and back: the lazily built ``optimizer``
+    and ``schedule`` of a loaded agent, ``state_dict``/``load_state_dict``, ``snapshot``/``restore`` and
+    ``save``/``load``. The Agent sets ``_pending``, ``_optimizer`` and ``_schedule`` in its ``__init__``."""
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer. A loaded agent builds it on first use: building any torch optimizer imports
+        torch._dynamo (seconds), which inference never needs."""
+        if self._pending is not None:
+            self._build_pending()
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._pending = None
+        self._optimizer = optimizer
+
+    @property
+    def schedule(self):
+        """The LR schedule (None: constant LR), stepped once per optimizer step."""
+        if self._pending is not None:
+            self._build_pending()
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule) -> None:
+        if self._pending is not None:
+            self._build_pending()
+        self._schedule = schedule
+
+    def _build_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        self._optimizer, self._schedule = pending.build()
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume or infer, as tensors and plain data (the checkpoint's content).
+
+        Tensors are the live ones (as ``nn.Module.state_dict``): deep-copy the result, or use :meth:`snapshot`.
+        """
+        return agent_state(self)
+
+    def load_state_dict(self, state: dict, *, restore_rng: bool = True) -> None:
+        """Restore a state from :meth:`state_dict` into this agent (weights, optimizer, schedule, progress, RNG)."""
+        load_agent_state(self, state, restore_rng=restore_rng)
+
+    def snapshot(self) -> AgentSnapshot:
+        """An in-memory copy of everything ``learn``/``fit`` change, for :meth:`restore` (e.g. around an LR test)."""
+        return AgentSnapshot(self)
+
+    def restore(self, snapshot: AgentSnapshot) -> None:
+        """Put back exactly what :meth:`snapshot` copied: weights, gradients, modes, optimizer, schedule,
+        callbacks, history, counters and RNG; an unfinished accumulation window is discarded."""
+        snapshot.restore(self)
+
+    def save(self, path: str | Path) -> Path | None:
+        """Write a checkpoint atomically. Under DDP only rank 0 writes (returns None elsewhere).
+
+        Non-finite weights are refused, so a diverged run never overwrites a good checkpoint.
+        """
+        if not parallel.is_main_process():
+            return None
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise NonFiniteLossError(f"refusing to save: parameter {name!r} holds NaN/inf values; the previous "
+                                         f"checkpoint at {path} is kept")
+        return save_checkpoint(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location=None, *, model: nn.Module | None = None, loss=None,
+             metrics=None, callbacks: Iterable[Callback] = (), trust_code: bool = False,
+             restore_rng: bool = True) -> Agent:
+        """Rebuild an agent from a checkpoint: model (from the registry), optimizer, schedule, history, progress.
+
+        ``map_location`` is the device to load onto (default: ``"auto"``). Pass ``model=`` to load the weights
+        into a model you built, and ``loss=``/``metrics=`` when the checkpoint could not store yours. Nothing the
+        checkpoint names is imported or called unless it is on the allowlist of its role (see
+        :mod:`dawnet.allowlist`); ``trust_code=True`` also allows code outside dawnet and torch.
+        """
+        state = load_checkpoint(path, map_location="cpu")
+        source = str(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", None) or "checkpoint"
+        return agent_from_state(cls, state, source, map_location=map_location,
+                                model=model, loss=loss, metrics=metrics, callbacks=callbacks,
+                                trust_code=trust_code, restore_rng=restore_rng)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Callback", "EarlyStopping"]
+__all__ = ["Callback", "EarlyStopping", "keyed_callbacks"]
 
 
 class Callback:
@@ -58,3 +58,14 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+def keyed_callbacks(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
+    """Callbacks keyed for checkpoints: their ``name`` attribute, else class name and rank among that class."""
+    seen: dict[str, int] = {}
+    out = []
+    for cb in callbacks:
+        base = getattr(cb, "name", None) or type(cb).__name__
+        seen[base] = seen.get(base, -1) + 1
+        out.append((base if seen[base] == 0 else f"{base}#{seen[base]}", cb))
+    return out

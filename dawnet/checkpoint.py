@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dawnet.atomic import atomic_save
+from dawnet.errors import first_line
 
 __all__ = [
     "CheckpointError",
@@ -62,7 +63,7 @@ def load_checkpoint(path: str | os.PathLike | io.BytesIO, map_location=None) -> 
             raise _corrupt(path, name, e) from None
         raise CheckpointError(
             f"checkpoint {name} holds objects other than tensors and plain data, which dawnet refuses to "
-            f"unpickle (weights_only=True): {_first_line(e)}"
+            f"unpickle (weights_only=True): {first_line(e)}"
         ) from None
     except Exception as e:  # a damaged archive can fail anywhere in torch's reader (IndexError, KeyError, ...)
         raise _corrupt(path, name, e) from None
@@ -120,7 +121,7 @@ def _starts_like_zip(path) -> bool:
 def _corrupt(path, name: str, e: BaseException) -> CheckpointError:
     size = os.path.getsize(path) if isinstance(path, (str, os.PathLike)) else "?"
     return CheckpointError(
-        f"checkpoint {name} ({size} bytes) is truncated or corrupt and cannot be read: {_first_line(e)}. "
+        f"checkpoint {name} ({size} bytes) is truncated or corrupt and cannot be read: {first_line(e)}. "
         "Use an earlier checkpoint; dawnet's own saves are atomic, so this file was written or copied "
         "by something else"
     )
@@ -178,9 +179,4 @@ def load_model_weights(model: nn.Module, state_dict: dict, source: str = "checkp
 def _listing(items: list[str], limit: int = 6) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from dawnet.errors import first_line
+
 __all__ = ["FORMAT", "VERSION", "META_KEY", "OnnxFileError", "MissingDependencyError", "require", "open_session",
            "read_metadata", "foreign_message"]
 
@@ -62,7 +64,7 @@ def open_session(path: str | os.PathLike, threads: int | None = None):
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...) for unreadable files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise OnnxFileError(f"{path} is not a readable ONNX model ({first[:200]}); re-export it with 'dawnet export "
                             "CHECKPOINT --out FILE'") from None
     raw = session.get_modelmeta().custom_metadata_map.get(META_KEY)

@@ -242,6 +242,20 @@ def lm_index(lm: CharNgramLM, charset, end_id: int | None = None) -> np.ndarray:
     return table
 
 
+
+def _beam_arguments(log_probs, beam: int, lm, charset, lm_weight: float) -> tuple[np.ndarray, bool]:
+    """The one line's ``(T, C)`` log-probabilities as float64 and whether the LM is fused; ValueError for bad input."""
+    lp = np.asarray(log_probs, dtype=np.float64)
+    if lp.ndim != 2:
+        raise ValueError(f"expected (T, C) log-probabilities for one line, got shape {lp.shape}")
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    use_lm = lm is not None and lm_weight != 0.0
+    if use_lm and charset is None:
+        raise ValueError("LM fusion needs the charset that maps class ids to characters")
+    return lp, use_lm
+
+
 def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, lm: CharNgramLM | None = None, charset=None,
                            lm_weight: float = 0.0, bonus: float = 0.0, blank: int = 0,
                            prune: float | None = 1e-4, lm_cache: dict | None = None) -> list[int]:
@@ -261,14 +275,7 @@ def ctc_prefix_beam_search(log_probs: np.ndarray, beam: int = 10, lm: CharNgramL
         lm_cache: a dict to keep LM lookups in across calls with the same LM, charset and weight
             (:func:`ctc_beam_search` shares one over a batch); None: one per call.
     """
-    lp = np.asarray(log_probs, dtype=np.float64)
-    if lp.ndim != 2:
-        raise ValueError(f"expected (T, C) log-probabilities for one line, got shape {lp.shape}")
-    if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
-    use_lm = lm is not None and lm_weight != 0.0
-    if use_lm and charset is None:
-        raise ValueError("LM fusion needs the charset that maps class ids to characters")
+    lp, use_lm = _beam_arguments(log_probs, beam, lm, charset, lm_weight)
     steps, num_classes = lp.shape
     if prune:  # per step: the `beam` most probable characters that reach the threshold (the best always does)
         k = min(beam, num_classes - 1)
@@ -385,14 +392,7 @@ def ctc_prefix_beam_search_reference(log_probs: np.ndarray, beam: int = 10, lm: 
         prune: per step, only characters with probability >= ``prune`` extend prefixes (the best one
             always does); None extends every character (exact, slow).
     """
-    lp = np.asarray(log_probs, dtype=np.float64)
-    if lp.ndim != 2:
-        raise ValueError(f"expected (T, C) log-probabilities for one line, got shape {lp.shape}")
-    if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
-    use_lm = lm is not None and lm_weight != 0.0
-    if use_lm and charset is None:
-        raise ValueError("LM fusion needs the charset that maps class ids to characters")
+    lp, use_lm = _beam_arguments(log_probs, beam, lm, charset, lm_weight)
     table = lm_index(lm, charset).tolist() if use_lm else None
     chars = charset.chars if use_lm else None
     eos = lm.index[EOS] if use_lm else None

@@ -13,9 +13,9 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from dawnet.atomic import atomic_write_text
+from dawnet.jsonfile import load_json
 
 __all__ = ["History", "draw_history"]  # noqa: F822 (draw_history is loaded lazily below)
 
@@ -92,10 +92,7 @@ class History:
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> History:
         """Read a history written by :meth:`to_json` (a path or the JSON text itself)."""
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text()
-        state = json.loads(text)
+        state = load_json(path_or_text)
         return cls(state.get("steps", []), state.get("epochs", []))
 
     def __len__(self) -> int:

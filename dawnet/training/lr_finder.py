@@ -21,7 +21,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from dawnet.atomic import atomic_write_text
+from dawnet.jsonfile import load_json
 
 __all__ = ["lr_find", "LRFinderResult", "RangeSweepLR"]
 
@@ -175,10 +175,7 @@ class LRFinderResult:
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> LRFinderResult:
         """Read a result written by :meth:`to_json` (a path or the JSON text)."""
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text()
-        data = json.loads(text)
+        data = load_json(path_or_text)
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown or not {"lrs", "losses", "smoothed"} <= set(data):

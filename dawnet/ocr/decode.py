@@ -383,14 +383,8 @@ def ctc_prefix_beam_search_reference(log_probs: np.ndarray, beam: int = 10, lm: 
                                      charset=None, lm_weight: float = 0.0, bonus: float = 0.0, blank: int = 0,
                                      prune: float | None = 1e-4) -> list[int]:
     """:func:`ctc_prefix_beam_search` written out prefix by prefix in plain Python: the specification the
-    vectorized search is tested against (the same result, several times slower).
-
-    Args:
-        beam: hypotheses kept per step.
-        lm, charset: a character LM and the charset mapping ids to its characters (both or neither).
-        lm_weight: weight of the LM log-probability; bonus: score added per emitted character.
-        prune: per step, only characters with probability >= ``prune`` extend prefixes (the best one
-            always does); None extends every character (exact, slow).
+    vectorized search is tested against (the same result, several times slower). The arguments are
+    :func:`ctc_prefix_beam_search`'s, without ``lm_cache``.
     """
     lp, use_lm = _beam_arguments(log_probs, beam, lm, charset, lm_weight)
     table = lm_index(lm, charset).tolist() if use_lm else None

@@ -24,6 +24,7 @@ from dawnet.ocr.bench import (
     write_report,
 )
 from dawnet.ocr.bench.cost import median_time, recognizer_cost
+from dawnet.ocr.bench.data import DIGITS, LINES, PAGES
 
 
 def test_profiles_state_an_equal_budget_and_use_the_right_detector():
@@ -32,7 +33,9 @@ def test_profiles_state_an_equal_budget_and_use_the_right_detector():
         assert p.rec_steps > 0 and p.rec_batch > 0 and p.det_steps > 0
         assert f"{p.rec_steps} steps x {p.rec_batch} lines per recognizer" in p.budget()
     assert PROFILES["cpu"].detector == "yolo" and PROFILES["full"].detector == "yolo_large"
-    assert PROFILES["full"].lines is None  # the published splits in full
+    # hw-lines training lines are rendered on the fly; the held-out splits are built (in full on GPUs)
+    assert PROFILES["full"].lines == {"train": 0, "val": 3000, "test": 3000}
+    assert PROFILES["cpu"].train_lines > 0 and PROFILES["full"].train_lines > 0
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
@@ -169,9 +172,9 @@ def test_the_report_states_the_run_protocol_cost_and_data(full_results, tmp_path
     assert lines[0] == "# dawnet bench: profile `cpu`"
     assert lines[4] == ("Run 2026-12-08T01:00:00Z, 20.0 minutes, seed 0, device cpu (Test CPU, 2 CPUs, 2 torch "
                         "threads, load average [1.0, 1.0, 1.0] at the start and [2.0, 2.0, 2.0] at the end).")
-    assert ("- Recognizers train on the hw-lines-v1 + digits-v1 training lines (AdamW with weight decay 0.0001, "
+    assert ("- Recognizers train on the hw-lines-v2 + digits-v1 training lines (AdamW with weight decay 0.0001, "
             "super-convergence one-cycle 0.0002 -> 0.002 over 90% of the steps, then annihilation to 2e-06, "
-            "gradient clip 5); the detector on the pages-v1 training pages (AdamW with weight decay 0.0001, "
+            "gradient clip 5); the detector on the pages-v2 training pages (AdamW with weight decay 0.0001, "
             "super-convergence one-cycle 0.0003 -> 0.003 over 60% of the steps, then annihilation to 3e-06, "
             "gradient clip 10); no model selection on test data. Every model is scored as reloaded from its "
             "checkpoint file.") in lines
@@ -275,15 +278,15 @@ def test_a_bench_checkpoint_reads_the_same_text_in_a_fresh_process(tmp_path):
     synth = LineSynthesizer([f for f in find_fonts() if f.covers("".join(texts))][:1])
     images = [synth.render(t, seed=i).image for i, t in enumerate(texts)]
     data = {}
-    for name in ("hw-lines-v1", "digits-v1"):
+    for name in (LINES, DIGITS):
         write_tsv(list(zip(images, texts)), tmp_path / name / "train")
         data[name] = {"path": str(tmp_path / name)}
     pngs = []
     for i, im in enumerate(images):
         pngs.append(tmp_path / f"line{i}.png")
         im.save(pngs[-1])
-    prof = dataclasses.replace(PROFILES["smoke"], rec_steps=2, rec_batch=2)
-    trained, _ = train_recognizer("crnn", data, spec_charset(spec("hw-lines-v1")), prof, 0, torch.device("cpu"),
+    prof = dataclasses.replace(PROFILES["smoke"], rec_steps=2, rec_batch=2, train_lines=0)  # the built lines
+    trained, _ = train_recognizer("crnn", data, spec_charset(spec(LINES)), prof, 0, torch.device("cpu"),
                                   False)
     in_memory = [r.text for r in trained.read([str(p) for p in pngs])]
     assert any(in_memory)  # an untrained model reads something, which must survive the round trip
@@ -345,14 +348,14 @@ def test_smoke_profile_end_to_end_and_reproducible(tmp_path, capsys):
         m = r["models"][name]
         assert m["params"] > 0 and m["gflops"] > 0 and m["latency_ms_b1"] > 0 and m["train_steps"] > 0
     assert 0 <= r["detection"][0]["map50"] <= 1 and len(r["pipeline"]) == 2
-    assert r["data"]["pages-v1"]["manifest_sha256"] and r["versions"]["torch"]
+    assert r["data"][PAGES]["manifest_sha256"] and r["versions"]["torch"]
     report = (run / "report.md").read_text()
     assert "## Protocol" in report and "Budget" in report and "pareto-gflops.png" in report
     # the table's numbers belong to the saved files: 'dawnet eval' of each checkpoint in a fresh process scores
     # the unseen-font test lines exactly as the bench did
     for name in ("crnn", "attn"):
         done = subprocess.run([sys.executable, "-m", "dawnet.cli", "eval", str(run / "models" / f"{name}.pt"),
-                               "--data", str(data / "hw-lines-v1-bench-smoke"), "--batch-size", "16", "--json",
+                               "--data", str(data / f"{LINES}-bench-smoke"), "--batch-size", "16", "--json",
                                "--threads", "1"], capture_output=True, text=True, check=True)
         bench_cer = next(x["cer"] for x in r["recognition"] if (x["model"], x["decoder"], x["set"]) ==
                          (name, "greedy", "test"))

@@ -181,7 +181,7 @@ def test_cli_fonts_show_and_list(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
-    assert "dawnet bench uses: lines hw-lines-v1, digits digits-v1, pages pages-v1" in out
+    assert "dawnet bench uses: lines hw-lines-v2, digits digits-v1, pages pages-v2" in out
     assert "hw-lines-v2 " in out and "39 families" in out
     monkeypatch.setenv("DAWNET_FONTS_DIR", str(tmp_path / "empty"))
     assert main(["data", "build", "hw-lines-v2:smoke", "--out", str(tmp_path / "x")]) == 2

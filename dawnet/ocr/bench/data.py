@@ -68,10 +68,13 @@ class SeenFontLines(torch.utils.data.Dataset):
     def __init__(self, n: int, height: int, seed_offset: int = 1000):
         from dawnet.ocr.data.generate import SpecGenerator
         from dawnet.ocr.data.specs import spec
-        from dawnet.ocr.data.synth import LineSynthesizer
+        from dawnet.ocr.data.synth import LineSynthesizer, SynthConfig
 
         gen = SpecGenerator(spec(LINES))
-        synth = LineSynthesizer(gen.fonts["train"])
+        # drawn as the test lines are (the spec's held-out config), so seen vs unseen compares fonts alone
+        fields = set(SynthConfig.__dataclass_fields__)
+        cfg = SynthConfig(**{k: v for k, v in gen.spec.synth_for("test").items() if k in fields})
+        synth = LineSynthesizer(gen.fonts["train"], cfg)
         texts = gen.texts("val")
         self.items = []
         for i in range(n):
@@ -84,7 +87,7 @@ class SeenFontLines(torch.utils.data.Dataset):
     def info(self) -> DataResult:
         """Its entry in ``results["data"]``: size, checksum and what it is."""
         return {"lines": len(self.items), "sha256": self.digest,
-                "what": f"{LINES} val texts in the training fonts, seeds (1, 1000, i)"}
+                "what": f"{LINES} val texts in the training fonts, drawn as its test lines, seeds (1, 1000, i)"}
 
     def __len__(self) -> int:
         return len(self.items)

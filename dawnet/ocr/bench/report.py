@@ -139,7 +139,9 @@ def write_report(results: Results, path: Path) -> Path:
         "## Protocol",
         "",
         f"- Budget (equal for every recognizer): {results['budget']}.",
-        f"- Recognizers train on the {LINES} + {DIGITS} training lines ("
+        (f"- Recognizers train on {LINES} training lines rendered on the fly ({p['train_lines']} per epoch, "
+         f"batched by text length) + the {DIGITS} training lines ("
+         if p.get("train_lines") else f"- Recognizers train on the {LINES} + {DIGITS} training lines (")
         + RECOGNIZER.with_lr(p["rec_lr"]).describe()
         + (", line augmentation" if p["augment"] else "")
         + f"); the detector on the {PAGES} training pages ("

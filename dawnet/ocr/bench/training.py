@@ -17,22 +17,51 @@ from dawnet.ocr.recipes import DETECTOR, RECOGNIZER
 __all__ = ["line_loader", "build_recognizer", "train_recognizer", "train_detector"]
 
 
-def line_loader(data: dict[str, DataResult], height: int, charset, batch: int, augment: bool, seed: int,
-                workers: int = 0):
-    """Width-bucketed batches of the hw-lines-v1 + digits-v1 training lines (seeded by epoch)."""
-    from torch.utils.data import ConcatDataset, DataLoader
+class _Lines(torch.utils.data.ConcatDataset):
+    """The training parts, concatenated; ``set_epoch`` reaches the parts rendered on the fly."""
 
-    from dawnet.ocr.data.datasets import LineAugment, LineDataset, WidthBucketSampler, collate_lines
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
+def line_loader(data: dict[str, DataResult], height: int, charset, batch: int, augment: bool, seed: int,
+                workers: int = 0, train_lines: int = 0):
+    """Batches of the hw-lines + digits-v1 training lines, bucketed by length (seeded by epoch).
+
+    ``train_lines`` > 0: that many hw-lines training lines per epoch are rendered on the fly from the spec
+    (new images every epoch, as ``dawnet train --data SPEC``), batched by text length, which tracks their width
+    without rendering them; 0: the built training split, batched by pixel width."""
+    from torch.utils.data import DataLoader
+
+    from dawnet.ocr.data.datasets import (
+        LineAugment,
+        LineDataset,
+        SyntheticLineDataset,
+        WidthBucketSampler,
+        collate_lines,
+    )
 
     aug = LineAugment() if augment else None
-    parts = [
-        LineDataset(Path(data[n]["path"]) / "train" / "labels.tsv", height=height, charset=charset, augment=aug,
-                    seed=seed)
-        for n in (LINES, DIGITS)
-    ]
-    widths = [w for p in parts for w in p.widths()]
+    digits = LineDataset(Path(data[DIGITS]["path"]) / "train" / "labels.tsv", height=height, charset=charset,
+                         augment=aug, seed=seed)
+    if train_lines:
+        from dawnet.ocr.data.generate import SpecGenerator
+        from dawnet.ocr.data.specs import spec
+
+        gen = SpecGenerator(spec(LINES))
+        lines = SyntheticLineDataset(gen, "train", length=train_lines, height=height, charset=charset,
+                                     augment=aug)
+        texts = gen.texts("train")
+        widths = [len(texts[i % len(texts)]) for i in range(train_lines)] + [len(t) for t in digits.texts]
+    else:
+        lines = LineDataset(Path(data[LINES]["path"]) / "train" / "labels.tsv", height=height, charset=charset,
+                            augment=aug, seed=seed)
+        widths = lines.widths() + digits.widths()
     sampler = WidthBucketSampler(widths, batch, shuffle=True, drop_last=True, seed=seed)
-    return DataLoader(ConcatDataset(parts), batch_sampler=sampler, collate_fn=collate_lines, num_workers=workers)
+    return DataLoader(_Lines([lines, digits]), batch_sampler=sampler, collate_fn=collate_lines,
+                      num_workers=workers)
 
 
 def build_recognizer(name: str, charset, height: int = 32):
@@ -66,7 +95,7 @@ def train_recognizer(name: str, data: dict[str, DataResult], charset, profile: P
     torch.manual_seed(seed)
     model = build_recognizer(name, charset)
     loader = line_loader(data, model.height, charset, profile.rec_batch, profile.augment, seed,
-                         profile.loader_workers)
+                         profile.loader_workers, profile.train_lines)
     recipe = RECOGNIZER.with_lr(profile.rec_lr)
     opt, schedule = recipe.build(model.parameters(), profile.rec_steps)
     agent = recognizer_agent(model, opt, charset, schedule=schedule, grad_clip=recipe.grad_clip, seed=seed,

@@ -109,7 +109,7 @@ LEGIBLE = {"x_height_px": (12.0, 16.0), "bold_prob": 0.0, "stroke_swap_prob": 0.
            "elastic_px": 0.6, "ink_level": (0, 60), "paper_level": (215, 252), "pressure": 0.2, "texture": 8.0,
            "blur_prob": 0.3, "blur_radius": (0.2, 0.6), "noise_sigma": (0.0, 4.0)}
 # The data versions `dawnet bench` uses (dawnet data list prints them).
-BENCH_DATA = {"lines": "hw-lines-v1", "digits": "digits-v1", "pages": "pages-v1"}
+BENCH_DATA = {"lines": "hw-lines-v2", "digits": "digits-v1", "pages": "pages-v2"}
 
 
 def pool_splits() -> dict[str, tuple[str, ...]]:

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 
-__all__ = ["draw_history"]
+__all__ = ["draw_history", "new_figure"]
 
 # Keys that describe the run rather than measure the model: never drawn as a curve by default.
 _BOOKKEEPING = {"step", "epoch", "time", "samples_per_s", "lr", "momentum", "beta1", "snapshot", "batch"}
@@ -56,7 +56,7 @@ def draw_history(history_or_checkpoint, keys: Sequence[str] | None = None, lr: b
                          f"{history.keys('step')} and epoch keys {history.keys('epoch')}")
     ratios = [1 if p == "lr" else 2 for p in panels]
     height = sum(_PANEL_HEIGHT * r / 2 for r in ratios) + 0.6
-    fig, axes = _new_figure(len(panels), height_ratios=ratios, figsize=figsize or (_WIDTH, height))
+    fig, axes = new_figure(len(panels), height_ratios=ratios, figsize=figsize or (_WIDTH, height))
     by_name = dict(zip(panels, axes))
     for name, group in (("loss", losses), ("metrics", metrics)):
         if name in by_name:
@@ -78,7 +78,7 @@ def draw_history(history_or_checkpoint, keys: Sequence[str] | None = None, lr: b
     return fig
 
 
-def _new_figure(rows: int, height_ratios=None, figsize=None):
+def new_figure(rows: int, height_ratios: list[float] | None = None, figsize: tuple[float, float] | None = None):
     """A Figure with ``rows`` panels sharing the x axis (no pyplot state: safe in servers and tests)."""
     from matplotlib.figure import Figure
 

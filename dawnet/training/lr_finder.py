@@ -131,10 +131,10 @@ class LRFinderResult:
 
     def plot(self, ax=None, suggestion: bool = True):
         """Loss (or metric) against lr on a log axis, raw and smoothed, with base_lr and max_lr marked."""
-        from dawnet.history_plot import _new_figure
+        from dawnet.history_plot import new_figure
 
         if ax is None:
-            fig, (ax,) = _new_figure(1, figsize=(7.5, 4.2))
+            fig, (ax,) = new_figure(1, figsize=(7.5, 4.2))
         else:
             fig = ax.figure
         if self.values is None:

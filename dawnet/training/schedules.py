@@ -187,7 +187,7 @@ class _CyclicSchedule(LRScheduler):
         Computed from the closed form, so it touches neither the optimizer nor the schedule's position.
         Minima are marked with dots.
         """
-        from dawnet.history_plot import _new_figure
+        from dawnet.history_plot import new_figure
 
         steps = self._default_until() if steps is None else int(steps)
         if steps < 1:
@@ -196,7 +196,7 @@ class _CyclicSchedule(LRScheduler):
         lrs = [self.lr_at(n - 1) for n in xs]
         with_momentum = self.momentum is not None
         if ax is None:
-            fig, axes = _new_figure(2 if with_momentum else 1, height_ratios=[2, 1] if with_momentum else None)
+            fig, axes = new_figure(2 if with_momentum else 1, height_ratios=[2, 1] if with_momentum else None)
             ax = axes[0]
         else:
             fig, axes = ax.figure, [ax]

@@ -84,8 +84,8 @@ def test_distorted_digits_are_new_shapes_of_the_same_sample():
 
 
 def test_train_augment_on_the_digits_spec_warps_training_digits_only():
-    from dawnet.ocr.lines import load_line_data
     from dawnet.ocr.data.digits import TRAIN_DISTORT
+    from dawnet.ocr.lines import load_line_data
 
     plain = load_line_data("digits-v1:smoke", height=32)
     data = load_line_data("digits-v1:smoke", height=32, augment=True)

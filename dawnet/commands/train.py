@@ -208,6 +208,27 @@ def _schedule_end(record: dict | None, agent) -> int:
 
 # -- training ----------------------------------------------------------------------------------------------
 
+def _blank_lines(data, note) -> dict:
+    """Count the blank (inkless) images of folder data before the first step and say so: a model must not learn
+    or be validated on white images without a word. Synthetic spec lines are never blank; every training line
+    blank is refused."""
+    counts = {}
+    for split in ("train", "val"):
+        dataset = getattr(data, split)
+        if dataset is None or not hasattr(dataset, "blank_lines"):
+            continue
+        blank = dataset.blank_lines()
+        if blank and len(blank) == len(dataset) and split == "train":
+            raise CommandError(f"every one of the {len(blank)} training lines is blank (no ink), e.g. {blank[0]}: "
+                               "check the images (a 16-bit or alpha-only file is read correctly; an empty crop "
+                               "is not)")
+        if blank:
+            note(f"{len(blank)} of {len(dataset)} {split} lines are blank (no ink), e.g. {blank[0]}: they are "
+                 "kept, but teach nothing; remove them or fix their images")
+        counts[f"blank_{split}_lines"] = len(blank)
+    return counts
+
+
 def train_recognizer(args) -> int:
     import torch
 
@@ -245,6 +266,7 @@ def train_recognizer(args) -> int:
         data.val = load_line_data(args.val, height, charset=data.charset, splits=("val",),
                                   val_lines=args.val_lines).val
     _check_val_charset(data, f"--val {args.val}" if args.val else f"the validation data of {args.data}")
+    blank = _blank_lines(data, note)
     cs = data.charset
     callbacks = [Checkpoint(out, keep=0, monitor="val_cer" if data.val is not None else None)]
     if args.minutes:
@@ -309,7 +331,7 @@ def train_recognizer(args) -> int:
     agent.save(last)
     summary = {"model": args.model, "data": data.name, "params": params, "epochs": agent.epoch,
                "steps": agent.step, "train_seconds": round(agent.elapsed, 1), "session_seconds": round(seconds, 1),
-               "checkpoint": str(last.resolve())}
+               "checkpoint": str(last.resolve()), **blank}
     if val_loader is not None:
         summary.update({f"val_{k}": v for k, v in agent.evaluate(val_loader).items()})
     _write_json(out / "summary.json", summary)

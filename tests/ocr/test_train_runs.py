@@ -154,3 +154,27 @@ def test_a_run_from_before_run_json_is_checked_from_its_checkpoint(data, tmp_pat
     assert _error(capsys).startswith("dawnet: error: --lr 0.01 differs from this run's 0.002: ")
     assert _train(data, out, "--steps", "2", "--lr", "0.002") == 0  # its own lr, read from the schedule
     assert "nothing to train" in capsys.readouterr().err
+
+
+def test_blank_training_lines_are_counted_and_reported(data, tmp_path, capsys):
+    """A white image (e.g. a scan read wrong) teaches nothing: train says how many there are before training."""
+    from PIL import Image
+
+
+    root = tmp_path / "blanky"
+    images = [Image.open(p).copy() for p in sorted((data / "data" / "train").glob("*.png"))]
+    white = Image.new("L", images[0].size, 255)
+    write_folder([(images[0], TEXTS[0]), (white, TEXTS[1]), (images[2], TEXTS[2]), (white, TEXTS[3])],
+                 root / "train")
+    write_folder([(images[0], TEXTS[0]), (white, TEXTS[1])], root / "val")
+    assert _train(data, tmp_path / "run", "--steps", "1", source=root) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert (summary["blank_train_lines"], summary["blank_val_lines"]) == (2, 1)
+    notes = [line for line in captured.err.splitlines() if "blank (no ink)" in line]
+    assert notes[0].startswith("2 of 4 train lines are blank (no ink), e.g. ")
+    assert notes[1].startswith("1 of 2 val lines are blank (no ink), e.g. ")
+
+    write_folder([(white, t) for t in TEXTS], tmp_path / "white" / "train")
+    assert _train(data, tmp_path / "run2", "--steps", "1", source=tmp_path / "white") == 2
+    assert _error(capsys).startswith("dawnet: error: every one of the 4 training lines is blank (no ink), e.g. ")

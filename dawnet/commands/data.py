@@ -92,6 +92,8 @@ def run_build(args: argparse.Namespace) -> int:
         s = spec(args.spec, size=args.size)
     except LookupError as e:
         raise CommandError(str(e)) from None
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CommandError(f"--out {args.out} is a file, not a folder: give a new or existing folder")
     try:
         manifest = build(s, args.out, workers=args.workers, fonts_dir=args.fonts, progress=not args.json)
     except (ModuleNotFoundError, FileNotFoundError) as e:  # mlxtend, lmdb or a pinned font missing: says the fix

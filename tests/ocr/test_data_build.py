@@ -150,6 +150,10 @@ def test_cli_build_show_verify(tmp_path, capsys):
     assert main(["data", "verify", str(out)]) == 1
     assert main(["data", "build", "no-such-spec", "--out", str(out)]) == 2
     assert "unknown data spec" in capsys.readouterr().err
+    assert main(["data", "build", "digits-v1:smoke", "--out", str(sheet)]) == 2  # an existing file, not a folder
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dawnet: error: --out {sheet} is a file, not a folder: give a new or existing folder")
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # left as it was
     assert main(["data", "show", str(tmp_path), "--out", str(sheet)]) == 2
 
 

@@ -66,6 +66,14 @@ def _recognizer(args: argparse.Namespace, path: str):
     return agent
 
 
+def _report_failure(path: str, error: Exception, as_json: bool) -> None:
+    """One image that could not be read: a JSON record on stdout with --json, else a line on stderr."""
+    if as_json:
+        print(json.dumps({"image": path, "error": str(error)}))
+    else:
+        print(f"dawnet read: {path}: {error}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from dawnet.ocr.agents import LineImageError
 
@@ -82,10 +90,7 @@ def run(args: argparse.Namespace) -> int:
             text = agent.infer(path)
         except (LineImageError, FileNotFoundError, ValueError) as e:
             failed += 1
-            if args.json:
-                print(json.dumps({"image": path, "error": str(e)}))
-            else:
-                print(f"dawnet read: {path}: {e}", file=sys.stderr)
+            _report_failure(path, e, args.json)
             continue
         for note in agent.notes:
             print(f"dawnet read: {path}: note: {note}", file=sys.stderr)
@@ -130,10 +135,7 @@ def read_pages(args: argparse.Namespace) -> int:
             result = read_page(path, detector, recognizer)
         except (FileNotFoundError, ValueError) as e:
             failed += 1
-            if args.json:
-                print(json.dumps({"image": path, "error": str(e)}))
-            else:
-                print(f"dawnet read: {path}: {e}", file=sys.stderr)
+            _report_failure(path, e, args.json)
             continue
         for note in result.skipped:
             print(f"dawnet read: {path}: note: skipped {note}", file=sys.stderr)

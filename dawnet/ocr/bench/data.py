@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dawnet.checksum import sha256_file
 from dawnet.ocr.bench.profiles import Profile
 from dawnet.ocr.bench.schema import DataResult
 from dawnet.ocr.data.specs import BENCH_DATA
@@ -24,10 +25,6 @@ def log(progress: bool, msg: str) -> None:
     """A ``[bench]`` progress message (nothing when ``progress`` is off)."""
     if progress:
         print(f"[bench] {msg}", flush=True)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _profile_spec(name: str, sizes: dict | None, profile: Profile):
@@ -56,7 +53,7 @@ def prepare_data(profile: Profile, data_dir: Path, progress: bool = True,
             "size": s.size,
             "sizes": dict(s.sizes),
             "spec_digest": s.digest(),
-            "manifest_sha256": _sha256(folder / "manifest.json"),
+            "manifest_sha256": sha256_file(folder / "manifest.json"),
             "build_seconds": manifest.get("build_seconds"),
         }
     return out

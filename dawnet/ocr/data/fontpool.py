@@ -37,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dawnet.atomic import atomic_write_bytes, atomic_write_text
+from dawnet.checksum import sha256_file
 
 __all__ = ["LOCK_PATH", "FETCH_COMMAND", "FontPoolError", "cache_dir", "load_lock", "fetch", "verify_cache",
            "pool_fonts", "pool_families", "update_lock", "npm_registry", "HAND_CLASSES", "hand_class",
@@ -84,14 +85,6 @@ def load_lock(path: str | os.PathLike | None = None) -> dict:
                             f"(git checkout {p.name}) or regenerate it with {FETCH_COMMAND} --update-lock") from None
     except json.JSONDecodeError as e:
         raise FontPoolError(f"font lock file {p} is damaged ({e}). Fix: restore it from git") from None
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _rel(family: dict, name: str) -> str:
@@ -201,7 +194,7 @@ def verify_cache(fonts_dir: str | os.PathLike | None = None, lock: dict | None =
             continue
         for f in fam["files"]:
             p = _file_path(fam, f, root)
-            if not os.path.isfile(p) or _sha256(p) != f["sha256"]:
+            if not os.path.isfile(p) or sha256_file(p) != f["sha256"]:
                 bad.append(p)
     return bad
 
@@ -217,7 +210,7 @@ def fetch(fonts_dir: str | os.PathLike | None = None, lock: dict | None = None, 
     todo = []
     for fam in _wanted(lock):
         paths = [Path(_file_path(fam, f, root)) for f in fam["files"]]
-        if not all(p.is_file() and _sha256(p) == f["sha256"] for p, f in zip(paths, fam["files"])):
+        if not all(p.is_file() and sha256_file(p) == f["sha256"] for p, f in zip(paths, fam["files"])):
             todo.append(fam)
     registry = npm_registry() if todo else None
 
@@ -282,7 +275,7 @@ def pool_fonts(families: list[str] | None = None, fonts_dir: str | os.PathLike |
                 fix = (f"sudo apt-get install {fam['package']}" if fam["source"] == "debian"
                        else f"run {FETCH_COMMAND}" + (f" --fonts {fonts_dir}" if fonts_dir else ""))
                 raise FontPoolError(f"pinned font {fam['family']} ({fam['package']}) is missing: {p}. Fix: {fix}")
-            sha = _sha256(p)
+            sha = sha256_file(p)
             if sha != f["sha256"]:
                 fix = (f"install {fam['package']} version {fam['version']} (the pool pins its bytes)"
                        if fam["source"] == "debian" else f"delete it and run {FETCH_COMMAND}")
@@ -302,7 +295,7 @@ def pool_record(lock: dict | None = None) -> dict:
     families with their reasons and the kept families' hand classes per split."""
     lock = lock or load_lock()
     kept = pool_families(lock)
-    return {"lock": LOCK_PATH.name, "lock_sha256": _sha256(LOCK_PATH), "category_source": lock["category_source"],
+    return {"lock": LOCK_PATH.name, "lock_sha256": sha256_file(LOCK_PATH), "category_source": lock["category_source"],
             "files_used": lock["files_used"], "split_rule": lock["split_rule"],
             "exclusion_rules": lock["exclusion_rules"],
             "excluded": {f["id"]: f"{f['rule']}: {f['excluded']}" for f in lock["families"] if f.get("excluded")},

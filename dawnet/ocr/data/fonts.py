@@ -7,7 +7,6 @@ space must have a positive advance instead). So a missing glyph never renders as
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import unicodedata
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from dawnet.checksum import sha256_file
 
 __all__ = ["FontInfo", "DEBIAN_HANDWRITING_FONTS", "find_fonts", "font_info", "covered_chars",
            "fonts_covering", "FONT_DIRS", "FONT_SUFFIXES", "glyph_measures", "exclusion_reason", "joins_letters",
@@ -66,14 +67,6 @@ class FontInfo:
 
     def missing(self, text: str) -> set[str]:
         return {c for c in text if c not in self.chars}
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _render(font: ImageFont.FreeTypeFont, char: str) -> np.ndarray:
@@ -126,7 +119,7 @@ def font_info(path: str, probe: str | None = None) -> FontInfo:
         if ink.shape == notdef.shape and np.array_equal(ink, notdef):  # the box in disguise
             continue
         chars.add(c)
-    return FontInfo(path=path, family=family, style=style, version=version, sha256=_sha256(path),
+    return FontInfo(path=path, family=family, style=style, version=version, sha256=sha256_file(path),
                     chars=frozenset(chars))
 
 
